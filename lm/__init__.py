@@ -1,0 +1,1 @@
+"""lm: a small, readable transformer language-model trainer."""

@@ -1,0 +1,96 @@
+"""Checkpoints: one file with everything needed to resume a run or to sample from it.
+
+Contents (tensors and plain Python values only, so it loads with weights_only=True):
+    format_version  int
+    model           state dict of the unwrapped model
+    optimizer       optimizer state dict (absent in weights-only exports)
+    step            optimizer steps completed
+    rng             {"torch": ByteTensor, "cuda": [ByteTensor, ...]}
+    config          the full resolved config, Config.to_dict()
+    tokenizer       tokenizer state, e.g. {"kind": "char", "chars": "..."}
+    best_val_loss   float or None
+Writes go to a temporary file that is then renamed over the target, so a crash
+mid-save leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def save(path: str | Path, payload: dict) -> None:
+    """Atomically write payload to path (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load(path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint safely (weights_only=True: no code in the file can run).
+
+    Raises CheckpointError for a missing, truncated, corrupt, foreign or unsafe file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist" if not path.exists()
+                              else f"checkpoint {str(path)!r} is not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it holds objects other than tensors and plain values, "
+            f"which could run code when loaded ({str(e).splitlines()[0][:200]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an lm checkpoint (no model or config inside)")
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {str(path)!r} has format version {version!r}; "
+                              f"this version of lm reads version {FORMAT_VERSION}")
+    return ckpt
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

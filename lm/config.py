@@ -1,0 +1,331 @@
+"""Typed run configuration: dataclasses loaded from YAML, with dotted overrides.
+
+A config has three sections, ``data``, ``model`` and ``train``. Every field name is
+unique across sections, so a key may be written either nested (``train: {lr: 1e-3}``,
+``--train.lr=1e-3``) or bare (``lr: 1e-3``, ``--lr=1e-3``); a flat YAML file of bare
+keys is as valid as a sectioned one.
+
+Anything wrong (an unknown key, a value of the wrong type, an impossible value)
+raises ``ConfigError`` naming the key, the value and what is allowed, before any
+work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message says why."""
+
+
+@dataclass
+class DataConfig:
+    # UTF-8 text file to train on. A missing ".../tinyshakespeare/input.txt" is
+    # downloaded, or replaced by an offline corpus when there is no network.
+    data_path: str = "data/tinyshakespeare/input.txt"
+    # fraction of the corpus (its end) held out for validation
+    val_fraction: float = 0.1
+    # background processes that assemble batches (0 = in the training process)
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # context length: tokens the model sees at once, and the training window length
+    block_size: int = 128
+    # number of transformer blocks
+    num_blocks: int = 4
+    # attention heads per block; must divide embedding_dim
+    num_heads: int = 4
+    # width of the residual stream (d_model)
+    embedding_dim: int = 128
+    # dropout probability on attention weights, residual branches and embeddings
+    dropout: float = 0.0
+    # learnable biases in linear layers and LayerNorms
+    bias: bool = True
+    # positional encoding added to token embeddings: learned | sinusoidal | none
+    pos_encoding: str = "learned"
+    # vocabulary size; set from the corpus (or task) at the start of a run, 0 = not yet known
+    vocab_size: int = 0
+
+
+@dataclass
+class TrainConfig:
+    # directory for checkpoints (last.pt, best.pt), metrics.jsonl and the token cache
+    out_dir: str = "out/shakespeare_char"
+    # training windows per micro-batch
+    batch_size: int = 32
+    # micro-batches whose gradients are summed per optimizer step
+    grad_accum: int = 1
+    # passes over the data; one epoch = as many windows as the training split has tokens
+    epochs: Optional[float] = None
+    # optimizer steps; with epochs also set, the run stops at whichever comes first.
+    # With neither set, the run is one epoch.
+    max_iters: Optional[int] = None
+    # peak learning rate (AdamW)
+    lr: float = 2e-3
+    # learning rate at the end of the cosine decay
+    min_lr: float = 2e-4
+    # steps of linear warm-up from 0 to lr
+    warmup_iters: int = 100
+    # AdamW weight decay, applied to weight matrices only (not biases or norms)
+    weight_decay: float = 0.1
+    # AdamW beta1
+    beta1: float = 0.9
+    # AdamW beta2
+    beta2: float = 0.99
+    # clip the global gradient norm to this value (0 = no clipping)
+    grad_clip: float = 1.0
+    # evaluate on train and validation batches every this many steps
+    eval_interval: int = 250
+    # batches per evaluation estimate
+    eval_iters: int = 50
+    # write a metrics line (and update the progress bar) every this many steps
+    log_interval: int = 10
+    # seed for initialisation, data order and dropout
+    seed: int = 1337
+    # auto | cpu | cuda | cuda:N | mps  (auto: cuda, then mps, then cpu)
+    device: str = "auto"
+    # auto | float32 | bfloat16 | float16 (auto: bfloat16 autocast on GPUs that support it, else float32)
+    dtype: str = "auto"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (only str/int/float/bool/None), safe to store in a checkpoint."""
+        return dataclasses.asdict(self)
+
+
+_SECTION_CLASSES = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# bare field name -> section holding it
+FIELD_SECTION: dict[str, str] = {}
+for _section, _cls in _SECTION_CLASSES.items():
+    for _f in dataclasses.fields(_cls):
+        assert _f.name not in FIELD_SECTION, f"field name {_f.name!r} is not unique"
+        FIELD_SECTION[_f.name] = _section
+
+POS_ENCODINGS = ("learned", "sinusoidal", "none")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp) -> str:
+    if _optional_inner(tp) is not None:
+        return f"{_describe(_optional_inner(tp))} or null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _optional_inner(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0]
+    return None
+
+
+def _coerce(key: str, value: Any, tp) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none", "~", "")):
+            return None
+        return _coerce(key, value, inner)
+    bad = ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.strip().lower() in ("true", "yes", "1")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                as_float = float(value)
+            except ValueError:
+                raise bad from None
+            if as_float.is_integer():
+                return int(as_float)
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            # PyYAML reads "3e-4" (no dot) as a string; accept it as the number it is.
+            try:
+                out = float(value)
+            except ValueError:
+                raise bad from None
+        else:
+            raise bad
+        if not math.isfinite(out):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
+        return out
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    raise TypeError(f"unsupported field type {tp!r}")
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """'train.lr' or 'lr' -> ('train', 'lr'); raise ConfigError for an unknown key."""
+    if "." in key:
+        section, _, name = key.partition(".")
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(f"unknown section {section!r} in key {key!r}; sections are: {', '.join(_SECTION_CLASSES)}")
+        if FIELD_SECTION.get(name) != section:
+            allowed = ", ".join(f.name for f in dataclasses.fields(_SECTION_CLASSES[section]))
+            raise ConfigError(f"unknown key {key!r}; section {section!r} has: {allowed}")
+        return section, name
+    if key not in FIELD_SECTION:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(FIELD_SECTION), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown key {key!r}{hint}; valid keys are: {', '.join(sorted(FIELD_SECTION))}")
+    return FIELD_SECTION[key], key
+
+
+def _flatten(raw: dict, source: str) -> dict[str, Any]:
+    """Turn a YAML mapping (sectioned, flat or mixed) into {'section.name': value}."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values, got {type(raw).__name__}")
+    flat: dict[str, Any] = {}
+
+    def put(section: str, name: str, value: Any, spelled: str) -> None:
+        dotted = f"{section}.{name}"
+        if dotted in flat:
+            raise ConfigError(f"{source}: {spelled!r} is set twice (as {dotted!r})")
+        flat[dotted] = value
+
+    for key, value in raw.items():
+        key = str(key)
+        if key in _SECTION_CLASSES:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: section {key!r} must be a mapping, got {value!r}")
+            for sub, subvalue in value.items():
+                section, name = _split_key(f"{key}.{sub}")
+                put(section, name, subvalue, f"{key}.{sub}")
+        else:
+            section, name = _split_key(key)
+            put(section, name, value, key)
+    return flat
+
+
+def parse_override(arg: str) -> tuple[str, Any]:
+    """'--train.lr=3e-4' -> ('train.lr', 3e-4). Values are read as YAML scalars."""
+    body = arg[2:] if arg.startswith("--") else arg
+    if "=" not in body:
+        raise ConfigError(f"override {arg!r} must look like --name=value (e.g. --lr=3e-4)")
+    key, _, text = body.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read as UTF-8 text: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML (only plain values are allowed, no tags): {e}") from None
+    return {} if raw is None else raw
+
+
+def build(values: dict | None = None, overrides: list[tuple[str, Any]] | None = None, source: str = "config") -> Config:
+    """Build a validated Config from a (possibly nested) mapping and (key, value) overrides."""
+    flat = _flatten(values or {}, source)
+    for key, value in overrides or []:
+        section, name = _split_key(key)
+        flat[f"{section}.{name}"] = value
+    cfg = Config()
+    for dotted, value in flat.items():
+        section, name = dotted.split(".")
+        sub = getattr(cfg, section)
+        setattr(sub, name, _coerce(name, value, _field_types(type(sub))[name]))
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML file (or defaults when path is None) and apply '--key=value' overrides."""
+    values = load_yaml(path) if path is not None else {}
+    parsed = [parse_override(o) for o in overrides or []]
+    return build(values, parsed, source=str(path) if path else "config")
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config saved with Config.to_dict() (e.g. inside a checkpoint)."""
+    return build(d, source="checkpoint config")
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for any impossible value, naming the key, the value and what is allowed."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+    need(bool(d.data_path.strip()), "data_path", d.data_path, "give the path of a UTF-8 text file")
+    need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
+    need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
+    for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
+        need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
+    need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
+         f"it must be divisible by num_heads ({m.num_heads})")
+    need(0.0 <= m.dropout < 1.0, "dropout", m.dropout, "it must be in [0, 1)")
+    need(m.pos_encoding in POS_ENCODINGS, "pos_encoding", m.pos_encoding, f"choose one of: {', '.join(POS_ENCODINGS)}")
+    need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
+    need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")
+    for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+        need(getattr(t, key) > 0, key, getattr(t, key), "it must be a positive integer")
+    need(t.epochs is None or t.epochs > 0, "epochs", t.epochs, "it must be > 0 (or null)")
+    need(t.max_iters is None or t.max_iters > 0, "max_iters", t.max_iters, "it must be > 0 (or null)")
+    need(t.lr > 0, "lr", t.lr, "it must be > 0")
+    need(0 <= t.min_lr <= t.lr, "min_lr", t.min_lr, f"it must be between 0 and lr ({t.lr})")
+    need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
+    need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
+    need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")
+    need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")
+    need(t.grad_clip >= 0, "grad_clip", t.grad_clip, "it must be >= 0 (0 = no clipping)")
+    need(t.dtype in DTYPES, "dtype", t.dtype, f"choose one of: {', '.join(DTYPES)}")
+    dev = t.device
+    ok_dev = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+    need(ok_dev, "device", dev, f"choose one of: {DEVICES}")

@@ -1,0 +1,268 @@
+"""Text corpus -> token-id cache on disk -> random block_size training windows.
+
+The corpus is read once, checked (UTF-8, long enough), encoded with a character
+vocabulary and written as two flat arrays of ids (``train.bin``, ``val.bin``, uint16
+or uint32) that are memory-mapped for batching. The cache is reused while the
+corpus file is unchanged (same size and modification time).
+
+Batches are a pure function of (seed, index): batch ``i`` always holds the same
+windows, whichever process builds it and whenever. That makes resumed runs replay
+exactly the same data order, with or without DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import CharTokenizer
+
+# Corpora that are fetched when their file is missing: directory name -> URL.
+KNOWN_CORPORA = {
+    "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+}
+OFFLINE_CORPUS_DIR = "python_docs"  # written beside the missing corpus's directory
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """The corpus cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class CorpusSource:
+    path: Path  # the file actually used
+    note: str | None = None  # what was done to obtain it (download, offline fallback), for the user
+
+
+def _offline_text() -> str:
+    """The Python reference documentation's topic pages, shipped with every CPython."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[k] for k in sorted(topics))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
+    """Return the corpus file to use for ``data_path``.
+
+    An existing file is used as it is. A missing known corpus (``.../tinyshakespeare/input.txt``)
+    is downloaded; when that fails (no network), the Python documentation that ships with
+    CPython is written beside it and used instead, and ``note`` says so.
+    """
+    path = Path(data_path)
+    if path.exists():
+        return CorpusSource(path)
+    url = KNOWN_CORPORA.get(path.parent.name) if path.name == "input.txt" else None
+    if url is None:
+        raise DataError(f"data_path {str(path)!r} does not exist (looked in {str(path.parent.resolve())!r})")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+        data.decode("utf-8")
+        _write_atomic(path, data)
+        return CorpusSource(path, f"downloaded {url} to {path}")
+    except (OSError, UnicodeDecodeError) as e:  # URLError and socket timeouts are OSErrors
+        fallback = path.parent.parent / OFFLINE_CORPUS_DIR / "input.txt"
+        if not fallback.exists():
+            _write_atomic(fallback, _offline_text().encode("utf-8"))
+        note = (
+            f"{path} is missing and could not be downloaded from {url} ({e}).\n"
+            f"TRAINING ON THE OFFLINE FALLBACK CORPUS INSTEAD: the Python reference documentation "
+            f"shipped with CPython, written to {fallback}.\n"
+            f"To train on Tiny Shakespeare, put its input.txt at {path} or pass --data_path=<file>."
+        )
+        return CorpusSource(fallback, note)
+
+
+def read_corpus(path: str | Path) -> str:
+    """Read a UTF-8 text file, raising DataError that names the file for anything unusable."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"data_path {str(path)!r} is a directory; give a UTF-8 text file")
+    if not path.exists():
+        raise DataError(f"data_path {str(path)!r} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"data_path {str(path)!r} cannot be read: {e}") from None
+    if not raw:
+        raise DataError(f"data_path {str(path)!r} is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"data_path {str(path)!r} is not valid UTF-8: byte offset {e.start} "
+            f"(byte 0x{raw[e.start]:02x}): {e.reason}; is it a binary file?"
+        ) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise DataError(f"data_path {str(path)!r} holds a NUL character at character {nul}; it looks like a binary file")
+    return text
+
+
+def split_point(n: int, val_fraction: float) -> int:
+    """Number of leading tokens that form the training split."""
+    return int(n * (1.0 - val_fraction))
+
+
+def check_lengths(path, n: int, n_train: int, block_size: int) -> None:
+    need = block_size + 1
+    n_val = n - n_train
+    if n_train < need or n_val < need:
+        raise DataError(
+            f"corpus {str(path)!r} is too short: {n} characters give a training split of {n_train} and a "
+            f"validation split of {n_val}, but one window needs block_size + 1 = {need} characters in each "
+            f"(at least {int(need / min(n_train / n, n_val / n)) + 1 if n_train and n_val else 'more'} characters in all); "
+            f"use a longer corpus or a smaller block_size"
+        )
+
+
+@dataclass
+class Corpus:
+    train: np.ndarray  # token ids of the training split (memory-mapped)
+    val: np.ndarray  # token ids of the validation split (memory-mapped)
+    tokenizer: CharTokenizer
+    path: Path  # the corpus file
+    reused_cache: bool  # True when the id cache from an earlier run was used
+
+
+def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float, block_size: int,
+                   tokenizer: CharTokenizer | None = None) -> Corpus:
+    """Encode ``path`` into ``cache_dir``/{train,val}.bin (or reuse them) and memory-map them.
+
+    ``tokenizer`` fixes the vocabulary (when resuming); by default it is built from the corpus.
+    """
+    path = Path(path)
+    cache_dir = Path(cache_dir)
+    if path.is_dir() or not path.exists():
+        read_corpus(path)  # raises the right error
+    stat = path.stat()
+    fingerprint = {
+        "version": CACHE_VERSION,
+        "source": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "val_fraction": val_fraction,
+    }
+    meta_path = cache_dir / "meta.json"
+    meta = None
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            meta = None
+    reuse = (
+        meta is not None
+        and meta.get("fingerprint") == fingerprint
+        and (tokenizer is None or meta.get("chars") == tokenizer.chars)
+        and (cache_dir / "train.bin").exists()
+        and (cache_dir / "val.bin").exists()
+    )
+    if reuse:
+        tok = tokenizer or CharTokenizer(meta["chars"])
+        n = meta["n_train"] + meta["n_val"]
+        check_lengths(path, n, meta["n_train"], block_size)
+    else:
+        text = read_corpus(path)
+        n_train = split_point(len(text), val_fraction)
+        check_lengths(path, len(text), n_train, block_size)
+        tok = tokenizer or CharTokenizer.from_text(text)
+        try:
+            ids = tok.encode(text)
+        except ValueError as e:
+            raise DataError(f"corpus {str(path)!r} does not fit the checkpoint's vocabulary: {e}") from None
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for name, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
+            tmp = cache_dir / f"{name}.bin.tmp"
+            part.tofile(tmp)
+            os.replace(tmp, cache_dir / f"{name}.bin")
+        meta = {"fingerprint": fingerprint, "chars": tok.chars, "dtype": tok.dtype.name,
+                "n_train": int(n_train), "n_val": int(len(text) - n_train)}
+        tmp = meta_path.with_name("meta.json.tmp")
+        tmp.write_text(json.dumps(meta, ensure_ascii=False))
+        os.replace(tmp, meta_path)
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r")
+    val = np.memmap(cache_dir / "val.bin", dtype=dtype, mode="r")
+    return Corpus(train, val, tok, path, reuse)
+
+
+def _batch_seed(seed: int, stream: int, index: int) -> int:
+    # Python's hash of a tuple of ints is deterministic across processes and runs.
+    return hash((seed, stream, index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def window_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, index: int,
+                 stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch number ``index`` of random windows: inputs x and next-token targets y, both (B, T) int64."""
+    g = torch.Generator().manual_seed(_batch_seed(seed, stream, index))
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=g).numpy()
+    rows = np.stack([np.asarray(ids[s : s + block_size + 1], dtype=np.int64) for s in starts])  # (B, T+1)
+    xy = torch.from_numpy(rows)
+    return xy[:, :-1], xy[:, 1:]
+
+
+class WindowBatches(torch.utils.data.Dataset):
+    """Map-style view: item ``i`` is ``window_batch(..., index=i)``; lets a DataLoader's workers build batches."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, block_size: int, seed: int, stream: int = 0):
+        self.ids, self.batch_size, self.block_size, self.seed, self.stream = ids, batch_size, block_size, seed, stream
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def __getitem__(self, index: int):
+        return window_batch(self.ids, self.batch_size, self.block_size, self.seed, index, self.stream)
+
+
+def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int, start: int,
+                   num_workers: int = 0, stream: int = 0):
+    """Yield batches start, start+1, ... forever; with num_workers > 0 they are built in worker processes."""
+    if num_workers == 0:
+        index = start
+        while True:
+            yield window_batch(ids, batch_size, block_size, seed, index, stream)
+            index += 1
+    dataset = WindowBatches(ids, batch_size, block_size, seed, stream)
+
+    class _From(torch.utils.data.Sampler):
+        def __iter__(self):
+            index = start
+            while True:
+                yield index
+                index += 1
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers,
+                                         persistent_workers=False)
+    yield from loader
+
+
+def sequential_windows(ids: np.ndarray, block_size: int, batch_size: int):
+    """Every token of ``ids`` (but the first) predicted exactly once: consecutive, non-overlapping windows.
+
+    Yields (x, y) batches; the last window may be shorter than block_size and comes in a batch of its own.
+    """
+    n = len(ids) - 1  # tokens that can be predicted
+    full = n // block_size
+    for b0 in range(0, full, batch_size):
+        rows = [np.asarray(ids[i * block_size : (i + 1) * block_size + 1], dtype=np.int64)
+                for i in range(b0, min(b0 + batch_size, full))]
+        xy = torch.from_numpy(np.stack(rows))
+        yield xy[:, :-1], xy[:, 1:]
+    rest = n - full * block_size
+    if rest:
+        xy = torch.from_numpy(np.asarray(ids[full * block_size :], dtype=np.int64))[None]
+        yield xy[:, :-1], xy[:, 1:]

@@ -1,0 +1,9 @@
+"""Neural-network building blocks: attention, positions, the shared Block, and the models."""
+
+from .attention import KVCache, MultiHeadAttention, build_mask
+from .block import Block, FeedForward, LayerCache
+from .models import GPT
+from .position import make_positional
+
+__all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "GPT",
+           "make_positional"]

@@ -1,0 +1,124 @@
+"""Multi-head scaled dot-product attention with masks and a key/value cache.
+
+One module serves every use: causal self-attention (decoder), bidirectional
+self-attention (encoder) and cross-attention (queries from the decoder, keys and
+values from the encoder output).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Keys and values of the positions already seen by one attention layer.
+
+    Self-attention appends the new positions' keys and values at every call;
+    cross-attention computes them from the encoder output once and reuses them.
+    """
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None  # (B, nh, T_past, hs)
+        self.v: torch.Tensor | None = None  # (B, nh, T_past, hs)
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.size(2)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
+def build_mask(t_q: int, t_k: int, *, causal: bool, key_padding_mask: torch.Tensor | None = None,
+               attn_mask: torch.Tensor | None = None, device=None) -> torch.Tensor | None:
+    """Boolean mask, True where a query may attend to a key; broadcastable to (B, nh, T_q, T_k).
+
+    causal: query i (the last of the T_q newest positions) sees keys up to its own position,
+            i.e. key j is allowed when j <= i + (t_k - t_q), which also holds with a cache.
+    key_padding_mask: (B, T_k), True at real tokens, False at padding.
+    attn_mask: (T_q, T_k) or (B, T_q, T_k), True where attention is allowed (an adjacency matrix).
+    Returns None when nothing is masked.
+    """
+    mask = None
+    if causal:
+        mask = torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)  # (T_q, T_k)
+    if attn_mask is not None:
+        if attn_mask.dtype != torch.bool:
+            raise TypeError(f"attn_mask must be a bool tensor, got {attn_mask.dtype}")
+        am = attn_mask if attn_mask.dim() == 2 else attn_mask[:, None]  # (T_q, T_k) or (B, 1, T_q, T_k)
+        mask = am if mask is None else mask & am
+    if key_padding_mask is not None:
+        kp = key_padding_mask.bool()[:, None, None, :]  # (B, 1, 1, T_k)
+        mask = kp if mask is None else mask & kp
+    return mask
+
+
+class MultiHeadAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d_head) + mask) V, computed for num_heads heads in parallel.
+
+    Q = x W_q, K = c W_k, V = c W_v with c = x (self-attention) or c = context (cross-attention);
+    the heads' outputs are concatenated and projected: MultiHead = Concat(head_1..head_h) W_o.
+    """
+
+    def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
+                 causal: bool = False):
+        super().__init__()
+        if embedding_dim % num_heads:
+            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = embedding_dim // num_heads
+        self.causal = causal
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
+        self.kv_proj = nn.Linear(embedding_dim, 2 * embedding_dim, bias=bias)
+        self.out_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
+        self.attn_dropout = nn.Dropout(dropout)
+        # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
+        self.use_sdpa = True
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, C = t.shape
+        return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, return_weights: bool = False):
+        """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
+
+        Returns (y, weights): y is (B, T, C); weights is (B, nh, T, T_k) when return_weights, else None.
+        """
+        B, T, C = x.shape
+        q = self._heads(self.q_proj(x))  # (B, nh, T, hs)
+        if context is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
+        else:
+            source = x if context is None else context
+            k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
+            k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
+            if cache is not None:
+                k, v = cache.append(k, v)  # self-attention: past + new positions
+        t_k = k.size(2)
+        causal = self.causal and context is None
+        mask = build_mask(T, t_k, causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                          device=x.device)
+        p = self.dropout if self.training else 0.0
+        if self.use_sdpa and not return_weights:
+            if causal and T == t_k and key_padding_mask is None and attn_mask is None:
+                # plain causal square: let SDPA pick its fused causal kernel instead of reading a mask
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+            weights = None
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = F.softmax(scores, dim=-1)
+            y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.out_proj(y), (weights if return_weights else None)

@@ -1,0 +1,128 @@
+"""Train a character-level GPT.
+
+    python train.py --config config.yaml [--resume] [--name=value ...]
+
+Any config key can be overridden: --lr=1e-3, --train.lr=1e-3, --max_iters 500.
+--resume continues the run in out_dir from its last.pt (with no --config, the
+checkpoint's own config is used, plus any overrides).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+from lm import checkpoint, config
+from lm.checkpoint import CheckpointError
+from lm.config import ConfigError
+from lm.data import DataError
+from lm.trainer import TrainingError, train
+
+USAGE = __doc__.strip()
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, bool, list[str]]:
+    """Split argv into (config path, resume flag, ['--key=value', ...] overrides)."""
+    path, resume, overrides = None, False, []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            print(USAGE)
+            sys.exit(0)
+        if arg == "--resume":
+            resume = True
+        elif arg == "--config" or arg.startswith("--config="):
+            if "=" in arg:
+                path = arg.split("=", 1)[1]
+            elif i + 1 < len(argv):
+                path, i = argv[i + 1], i + 1
+            else:
+                raise ConfigError("--config needs a file path")
+        elif arg.startswith("--") and "=" in arg:
+            overrides.append(arg)
+        elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            overrides.append(f"{arg}={argv[i + 1]}")
+            i += 1
+        else:
+            raise ConfigError(f"cannot read argument {arg!r}; expected --config FILE, --resume or --name=value")
+        i += 1
+    return path, resume, overrides
+
+
+def load_config(path: str | None, resume: bool, overrides: list[str]) -> config.Config:
+    if resume and path is None:
+        # resume from the checkpoint's own config; out_dir may come from the overrides
+        out_dir = config.load(None, overrides).train.out_dir
+        saved = checkpoint.load(f"{out_dir}/last.pt")["config"]
+        return config.build(saved, [config.parse_override(o) for o in overrides], source="checkpoint config")
+    return config.load(path, overrides)
+
+
+class Console:
+    """Turns the trainer's events into a progress bar and readable lines."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, e: dict) -> None:
+        kind = e["event"]
+        if kind == "corpus_note":
+            banner = "!" * 78
+            print(f"{banner}\n{e['note']}\n{banner}", file=sys.stderr, flush=True)
+        elif kind == "resume":
+            print(f"resuming from {e['path']} at step {e['step']}")
+            for key, old, new in e["changed"]:
+                print(f"  changed since the checkpoint: {key}: {old!r} -> {new!r}")
+        elif kind == "data":
+            cache = "reused token cache" if e["reused_cache"] else "encoded"
+            print(f"data: {e['path']} ({cache}): vocab {e['vocab_size']}, "
+                  f"{e['train_tokens']:,} train / {e['val_tokens']:,} val tokens")
+        elif kind == "start":
+            print(f"model: {e['params'] / 1e6:.2f}M parameters, ~{e['flops_per_token'] / 1e6:.1f} MFLOPs per "
+                  f"token (training); device {e['device']}, dtype {e['dtype']}; {e['total_steps']} steps of "
+                  f"{e['tokens_per_step']:,} tokens")
+            self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",
+                            dynamic_ncols=True, mininterval=0.5)
+        elif kind == "step":
+            self.bar.update(1)
+        elif kind == "log":
+            self.bar.set_postfix(loss=f"{e['train_loss']:.4f}", lr=f"{e['lr']:.2e}",
+                                 tok_s=f"{e['tokens_per_sec']:,.0f}", refresh=False)
+        elif kind == "eval":
+            mark = " (best, saved best.pt)" if e["best"] else ""
+            self.bar.write(f"step {e['step']}: train loss {e['eval_train_loss']:.4f}, val loss {e['val_loss']:.4f}"
+                           f" ({e['val_bpc']:.3f} bits/char){mark}")
+        elif kind == "final":
+            if self.bar:
+                self.bar.close()
+            print(f"final: val loss over the whole validation split {e['final_val_loss']:.4f} "
+                  f"({e['final_val_bpc']:.3f} bits/char) after {e['step']} steps, {e['elapsed_s']:.1f} s of "
+                  f"training; best eval val loss {e['best_val_loss']:.4f}")
+            print(f"checkpoints and metrics.jsonl in {e['out_dir']}")
+
+    def close(self):
+        if self.bar:
+            self.bar.close()
+
+
+def main(argv: list[str]) -> int:
+    console = Console()
+    try:
+        path, resume, overrides = parse_args(argv)
+        cfg = load_config(path, resume, overrides)
+        train(cfg, resume=resume, on_event=console)
+    except (ConfigError, DataError, CheckpointError) as e:
+        console.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        console.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
