@@ -94,3 +94,17 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model(path: str | Path, device="cpu"):
+    """Rebuild the model and tokenizer from a checkpoint alone: returns (model, tokenizer, config)."""
+    from .config import from_dict
+    from .nn import GPT
+    from .tokenizer import CharTokenizer
+
+    ckpt = load(path, map_location=device)
+    cfg = from_dict(ckpt["config"])
+    model = GPT(cfg.model)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, CharTokenizer.from_state(ckpt["tokenizer"]), cfg

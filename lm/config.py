@@ -75,6 +75,8 @@ class TrainConfig:
     lr: float = 2e-3
     # learning rate at the end of the cosine decay
     min_lr: float = 2e-4
+    # step at which the cosine decay reaches min_lr (null = the run's last step)
+    lr_decay_iters: Optional[int] = None
     # steps of linear warm-up from 0 to lr
     warmup_iters: int = 100
     # AdamW weight decay, applied to weight matrices only (not biases or norms)
@@ -320,6 +322,8 @@ def validate(cfg: Config) -> None:
     need(t.max_iters is None or t.max_iters > 0, "max_iters", t.max_iters, "it must be > 0 (or null)")
     need(t.lr > 0, "lr", t.lr, "it must be > 0")
     need(0 <= t.min_lr <= t.lr, "min_lr", t.min_lr, f"it must be between 0 and lr ({t.lr})")
+    need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
+         "it must be > 0 (or null for the run's last step)")
     need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
     need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
     need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")

@@ -124,8 +124,7 @@ def check_lengths(path, n: int, n_train: int, block_size: int) -> None:
     if n_train < need or n_val < need:
         raise DataError(
             f"corpus {str(path)!r} is too short: {n} characters give a training split of {n_train} and a "
-            f"validation split of {n_val}, but one window needs block_size + 1 = {need} characters in each "
-            f"(at least {int(need / min(n_train / n, n_val / n)) + 1 if n_train and n_val else 'more'} characters in all); "
+            f"validation split of {n_val}, but one window needs block_size + 1 = {need} characters in each; "
             f"use a longer corpus or a smaller block_size"
         )
 

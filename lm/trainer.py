@@ -85,15 +85,17 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
 
 
 def lr_at(step: int, cfg: Config, total_steps: int) -> float:
-    """Linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at total_steps:
+    """Linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at step D
+    (D = lr_decay_iters, or the run's total_steps when that is null):
 
         lr(s) = lr * (s + 1) / warmup                                   for s < warmup
-        lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2   after, progress in [0, 1]
+        lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2   after, progress = (s - warmup) / (D - warmup)
     """
     t = cfg.train
     if step < t.warmup_iters:
         return t.lr * (step + 1) / t.warmup_iters
-    span = max(1, total_steps - t.warmup_iters)
+    decay_end = t.lr_decay_iters if t.lr_decay_iters is not None else total_steps
+    span = max(1, decay_end - t.warmup_iters)
     progress = min(1.0, (step - t.warmup_iters) / span)
     return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -1,0 +1,92 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from lm import checkpoint
+from lm.checkpoint import CheckpointError
+from lm.config import Config
+from lm.nn import GPT
+from lm.tokenizer import CharTokenizer
+
+
+def make_payload():
+    cfg = Config()
+    cfg.model.vocab_size, cfg.model.block_size, cfg.model.num_blocks = 5, 8, 1
+    cfg.model.embedding_dim, cfg.model.num_heads = 8, 2
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    opt.step()
+    return model, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3,
+                   "rng": checkpoint.rng_state(), "config": cfg.to_dict(),
+                   "tokenizer": CharTokenizer("abcde").state(), "best_val_loss": 1.5}
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    model, payload = make_payload()
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, payload)
+    loaded, tok, cfg = checkpoint.load_model(path)
+    idx = torch.tensor([[0, 1, 2, 3]])
+    assert torch.equal(model.eval()(idx)[0], loaded(idx)[0])
+    assert tok.chars == "abcde" and cfg.model.vocab_size == 5
+    raw = checkpoint.load(path)
+    assert raw["step"] == 3 and raw["format_version"] == checkpoint.FORMAT_VERSION
+    assert raw["optimizer"]["state"][0]["exp_avg"].shape == model.tok_emb.weight.shape
+
+
+def test_failed_save_leaves_previous_checkpoint_whole(tmp_path, monkeypatch):
+    _, payload = make_payload()
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, payload)
+    before = path.read_bytes()
+
+    def crash(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError):
+        checkpoint.save(path, {**payload, "step": 4})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
+
+
+def test_truncated_checkpoint_gets_a_clear_error(tmp_path):
+    _, payload = make_payload()
+    path = tmp_path / "ck.pt"
+    checkpoint.save(path, payload)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load(path)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    _, payload = make_payload()
+    payload["extra"] = Evil(marker)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        checkpoint.load(path)
+    assert not marker.exists()
+
+
+def test_missing_and_foreign_files(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "none.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an lm checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")

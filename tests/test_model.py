@@ -1,0 +1,123 @@
+import pytest
+import torch
+
+from lm.config import ModelConfig
+from lm.generate import generate
+from lm.nn import GPT, Block, MultiHeadAttention, build_mask, make_positional
+
+POS = ["learned", "sinusoidal", "none"]
+
+
+def tiny(pos="learned", dropout=0.0, block_size=16, vocab=11):
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=vocab, block_size=block_size, num_blocks=2, num_heads=2, embedding_dim=16,
+                           dropout=dropout, pos_encoding=pos)).eval()
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_causality_future_tokens_never_change_earlier_logits(pos, use_sdpa):
+    model = tiny(pos)
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.use_sdpa = use_sdpa
+    idx = torch.randint(11, (2, 16))
+    logits, _, _ = model(idx)
+    for t in (0, 5, 14):
+        changed = idx.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1 + torch.randint(9, changed[:, t + 1:].shape)) % 11
+        logits2, _, _ = model(changed)
+        assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1])
+        assert not torch.allclose(logits[:, t + 1:], logits2[:, t + 1:])
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_sdpa_matches_explicit_attention(pos):
+    model = tiny(pos)
+    idx = torch.randint(11, (3, 16))
+    fast, _, _ = model(idx)
+    slow, _, weights = model(idx, return_weights=True)  # forces the explicit path
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert len(weights) == 2 and weights[0].shape == (3, 2, 16, 16)
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 2, 16))
+    assert (weights[0].triu(diagonal=1) == 0).all()  # no weight on the future
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("prompt_len,new", [(1, 15), (5, 30), (20, 10)])
+def test_kv_cache_decoding_equals_full_recompute(pos, prompt_len, new):
+    """Greedy and sampled tokens are identical with and without the cache, also past block_size."""
+    model = tiny(pos)
+    prompt = torch.randint(11, (2, prompt_len))
+    for temperature in (0.0, 1.0):
+        runs = []
+        for use_cache in (True, False):
+            g = torch.Generator().manual_seed(123)
+            runs.append(torch.cat(list(generate(model, prompt, new, temperature=temperature, generator=g,
+                                                use_cache=use_cache)), dim=1))
+        assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_cached_logits_match_uncached(pos):
+    model = tiny(pos)
+    idx = torch.randint(11, (2, 12))
+    full, _, _ = model(idx)
+    cache = model.new_cache()
+    step_logits = [model(idx[:, :4], cache=cache)[0]]
+    for t in range(4, 12):
+        step_logits.append(model(idx[:, t:t + 1], cache=cache)[0])
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_too_long_input_is_refused():
+    with pytest.raises(ValueError, match="longer than block_size 16"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_head_is_tied_to_embedding_and_counts_are_reported():
+    model = tiny()
+    assert model.head.weight is model.tok_emb.weight
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert model.flops_per_token() > 6 * 2 * 16 * 16
+
+
+def test_unknown_positional_encoding_lists_valid_names():
+    with pytest.raises(ValueError, match="learned, sinusoidal, none"):
+        make_positional("alibi", 8, 16)
+
+
+def test_block_is_shared_by_encoder_and_decoder_uses():
+    """The same Block runs bidirectional, causal, padded and cross-attending."""
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
+    enc = Block(16, 2, causal=False).eval()
+    y, _ = enc(x)
+    x2 = x.clone()
+    x2[:, -1] = torch.randn(2, 16)
+    y2, _ = enc(x2)
+    assert not torch.allclose(y[:, 0], y2[:, 0])  # bidirectional: a later token changes an earlier state
+    dec = Block(16, 2, causal=True, cross_attention=True).eval()
+    with pytest.raises(ValueError, match="context"):
+        dec(x)
+    out, w = dec(x, ctx, context_padding_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool),
+                 return_weights=True)
+    assert out.shape == (2, 6, 16) and w["cross"].shape == (2, 2, 6, 4)
+    assert (w["cross"][0, :, :, 2:] == 0).all()  # padded source positions get no attention
+
+
+def test_key_padding_mask_gives_padding_no_influence():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 2).eval()
+    x = torch.randn(1, 5, 16)
+    keep = torch.tensor([[True, True, True, False, False]])
+    y, _ = attn(x, key_padding_mask=keep)
+    x2 = x.clone()
+    x2[:, 3:] = torch.randn(1, 2, 16)
+    y2, _ = attn(x2, key_padding_mask=keep)
+    torch.testing.assert_close(y[:, :3], y2[:, :3])
+
+
+def test_build_mask_with_cache_offsets():
+    m = build_mask(2, 5, causal=True)
+    assert m.tolist() == [[True, True, True, True, False], [True, True, True, True, True]]
