@@ -244,8 +244,7 @@ def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
                 yield index
                 index += 1
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers,
-                                         persistent_workers=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers)
     yield from loader
 
 

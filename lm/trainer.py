@@ -166,8 +166,14 @@ class MetricsLog:
         if resume_step is None:
             path.write_text("")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a crash
+                    continue
+                if record.get("step", 0) <= resume_step:
+                    kept.append(line)
             path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

@@ -105,3 +105,14 @@ def test_non_finite_loss_stops_without_a_checkpoint(small_corpus, tmp_path):
         train(tiny_cfg(small_corpus, out, "--max_iters=50", "--eval_interval=50", "--lr=1e30",
                        "--warmup_iters=0", "--grad_clip=0", "--min_lr=1e30"))
     assert not (out / "last.pt").exists()
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(small_corpus, out, "--max_iters=4", "--eval_interval=4", "--lr_decay_iters=6"))
+    with open(out / "metrics.jsonl", "a") as f:  # what a crash after the checkpoint could leave
+        f.write(json.dumps({"step": 5, "train_loss": 9.9}) + "\n" + '{"step": 6, "train_lo')
+    train(tiny_cfg(small_corpus, out, "--max_iters=6", "--eval_interval=4", "--lr_decay_iters=6"), resume=True)
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert all(r.get("train_loss") != 9.9 for r in rows)
