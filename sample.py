@@ -18,7 +18,7 @@ from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.generate import check_sampling, generate
 from lm.tokenizer import UnknownCharactersError
-from lm.trainer import resolve_device
+from lm.device import resolve_device
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
 

@@ -60,6 +60,21 @@ def load_config(path: str | None, resume: bool, overrides: list[str]) -> config.
     return config.load(path, overrides)
 
 
+def describe(m: dict) -> str:
+    """Evaluation metrics as one readable line (whichever of them the job reports)."""
+    parts = []
+    if "eval_train_loss" in m:
+        parts.append(f"train loss {m['eval_train_loss']:.4f}")
+    parts.append(f"val loss {m['val_loss']:.4f}")
+    if "val_bpc" in m:
+        parts[-1] += f" ({m['val_bpc']:.3f} bits/char)"
+    for prefix, name in (("val", "held-out"), ("long", "longer")):
+        if f"{prefix}_exact" in m:
+            parts.append(f"{name} exact match {100 * m[f'{prefix}_exact']:.1f}%, "
+                         f"token accuracy {100 * m[f'{prefix}_token_acc']:.1f}%")
+    return ", ".join(parts)
+
+
 class Console:
     """Turns the trainer's events into a progress bar and readable lines."""
 
@@ -75,14 +90,19 @@ class Console:
             print(f"resuming from {e['path']} at step {e['step']}")
             for key, old, new in e["changed"]:
                 print(f"  changed since the checkpoint: {key}: {old!r} -> {new!r}")
+        elif kind == "task":
+            long = f", longer lengths {e['long_lengths'][0]}-{e['long_lengths'][1]}" if e["long_lengths"] else ""
+            print(f"task: {e['task']} (vocab {e['vocab_size']}), training lengths {e['lengths'][0]}-{e['lengths'][1]}, "
+                  f"held-out sets of {e['held_out']} examples{long}")
         elif kind == "data":
             cache = "reused token cache" if e["reused_cache"] else "encoded"
             print(f"data: {e['path']} ({cache}): vocab {e['vocab_size']}, "
                   f"{e['train_tokens']:,} train / {e['val_tokens']:,} val tokens")
         elif kind == "start":
+            t = e["config"]["train"]
             print(f"model: {e['params'] / 1e6:.2f}M parameters, ~{e['flops_per_token'] / 1e6:.1f} MFLOPs per "
                   f"token (training); device {e['device']}, dtype {e['dtype']}; {e['total_steps']} steps of "
-                  f"{e['tokens_per_step']:,} tokens")
+                  f"batch {t['batch_size']} x {t['grad_accum']}")
             self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",
                             dynamic_ncols=True, mininterval=0.5)
         elif kind == "step":
@@ -92,13 +112,13 @@ class Console:
                                  tok_s=f"{e['tokens_per_sec']:,.0f}", refresh=False)
         elif kind == "eval":
             mark = " (best, saved best.pt)" if e["best"] else ""
-            self.bar.write(f"step {e['step']}: train loss {e['eval_train_loss']:.4f}, val loss {e['val_loss']:.4f}"
-                           f" ({e['val_bpc']:.3f} bits/char){mark}")
+            self.bar.write(f"step {e['step']}: {describe(e)}{mark}")
         elif kind == "final":
             if self.bar:
                 self.bar.close()
-            print(f"final: val loss over the whole validation split {e['final_val_loss']:.4f} "
-                  f"({e['final_val_bpc']:.3f} bits/char) after {e['step']} steps, {e['elapsed_s']:.1f} s of "
+            where = "the whole validation split" if "final_val_bpc" in e else "the held-out sets"
+            final = {k[len("final_"):]: v for k, v in e.items() if k.startswith("final_")}
+            print(f"final, over {where}: {describe(final)}; after {e['step']} steps, {e['elapsed_s']:.1f} s of "
                   f"training; best eval val loss {e['best_val_loss']:.4f}")
             print(f"checkpoints and metrics.jsonl in {e['out_dir']}")
 

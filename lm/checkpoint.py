@@ -97,14 +97,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_model(path: str | Path, device="cpu"):
-    """Rebuild the model and tokenizer from a checkpoint alone: returns (model, tokenizer, config)."""
+    """Rebuild the model and its vocabulary from a checkpoint alone: returns (model, vocab, config).
+
+    vocab is a CharTokenizer (task lm) or the Task (seq2seq tasks).
+    """
     from .config import from_dict
-    from .nn import GPT
-    from .tokenizer import CharTokenizer
+    from .jobs import make_model, vocab_from_state
 
     ckpt = load(path, map_location=device)
     cfg = from_dict(ckpt["config"])
-    model = GPT(cfg.model)
+    model = make_model(cfg)
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
-    return model, CharTokenizer.from_state(ckpt["tokenizer"]), cfg
+    return model, vocab_from_state(ckpt["tokenizer"]), cfg

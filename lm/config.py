@@ -36,6 +36,18 @@ class DataConfig:
     val_fraction: float = 0.1
     # background processes that assemble batches (0 = in the training process)
     num_workers: int = 0
+    # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add
+    # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
+    task: str = "lm"
+    # tasks: number of distinct symbols (for add: the number base, 2..10)
+    num_symbols: int = 10
+    # tasks: shortest and longest training sequence (for add: digits of the longer operand)
+    min_len: int = 1
+    max_len: int = 16
+    # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none)
+    eval_long_len: int = 24
+    # tasks: examples in each fixed held-out set
+    held_out_size: int = 1000
 
 
 @dataclass
@@ -56,6 +68,8 @@ class ModelConfig:
     pos_encoding: str = "learned"
     # vocabulary size; set from the corpus (or task) at the start of a run, 0 = not yet known
     vocab_size: int = 0
+    # encoder-decoder only: source and target share one embedding table
+    share_embeddings: bool = True
 
 
 @dataclass
@@ -73,6 +87,10 @@ class TrainConfig:
     max_iters: Optional[int] = None
     # peak learning rate (AdamW)
     lr: float = 2e-3
+    # cosine (linear warm-up, cosine decay to min_lr) | noam (linear warm-up, then lr * sqrt(warmup / step))
+    lr_schedule: str = "cosine"
+    # label smoothing of the training loss (0 = none); evaluation losses are never smoothed
+    label_smoothing: float = 0.0
     # learning rate at the end of the cosine decay
     min_lr: float = 2e-4
     # step at which the cosine decay reaches min_lr (null = the run's last step)
@@ -122,6 +140,8 @@ for _section, _cls in _SECTION_CLASSES.items():
         FIELD_SECTION[_f.name] = _section
 
 POS_ENCODINGS = ("learned", "sinusoidal", "none")
+TASKS = ("lm", "copy", "reverse", "sort", "add")
+LR_SCHEDULES = ("cosine", "noam")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -308,6 +328,19 @@ def validate(cfg: Config) -> None:
     need(bool(d.data_path.strip()), "data_path", d.data_path, "give the path of a UTF-8 text file")
     need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
     need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
+    need(d.task in TASKS, "task", d.task, f"choose one of: {', '.join(TASKS)}")
+    if d.task != "lm":
+        need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
+        need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
+             "for task add it is the number base, 2..10")
+        need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1")
+        need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
+        need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
+             f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
+        need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
+        need(t.epochs is None, "epochs", t.epochs,
+             "generated tasks have no fixed data to pass over; set max_iters instead (epochs: null)")
+        need(t.max_iters is not None, "max_iters", t.max_iters, "generated tasks need max_iters (a number of steps)")
     for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
         need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
     need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
@@ -325,6 +358,10 @@ def validate(cfg: Config) -> None:
     need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
          "it must be > 0 (or null for the run's last step)")
     need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
+    need(t.lr_schedule in LR_SCHEDULES, "lr_schedule", t.lr_schedule, f"choose one of: {', '.join(LR_SCHEDULES)}")
+    need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
+         "lr_schedule noam needs warmup_iters > 0")
+    need(0.0 <= t.label_smoothing < 1.0, "label_smoothing", t.label_smoothing, "it must be in [0, 1)")
     need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
     need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")
     need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")

@@ -79,3 +79,85 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
         idx = torch.cat([idx, nxt], dim=1)
         yield nxt
+
+
+# ----------------------------------------------------------------------------- encoder-decoder decoding
+
+def _decoder_step(model, ys, memory, src_mask, cache):
+    """Logits for the next token (B, V): with a cache feed only the newest token, else the whole prefix."""
+    if cache is not None:
+        logits, _ = model.decode(ys[:, -1:], memory, src_mask, cache=cache)
+    else:
+        logits, _ = model.decode(ys, memory, src_mask)
+    return logits[:, -1].float()
+
+
+@torch.no_grad()
+def greedy_decode(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int, bos: int, eos: int,
+                  pad: int, use_cache: bool = True) -> torch.Tensor:
+    """Most likely token at each step, until every row has produced EOS or max_len tokens.
+
+    src: (B, S). Returns (B, L) generated tokens (EOS included, PAD after it). The source's
+    cross-attention keys/values are computed once and kept in the cache.
+    """
+    model.eval()
+    B = src.size(0)
+    memory = model.encode(src, src_mask)  # (B, S, C)
+    ys = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
+    cache = model.new_cache() if use_cache else None
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
+    for _ in range(max_len):
+        nxt = _decoder_step(model, ys, memory, src_mask, cache).argmax(-1)  # (B,)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        ys = torch.cat([ys, nxt[:, None]], dim=1)
+        done |= nxt == eos
+        if done.all():
+            break
+    return ys[:, 1:]
+
+
+def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GNMT length normalisation (Wu et al. 2016): lp(Y) = ((5 + |Y|) / 6) ** alpha; alpha 0 = none."""
+    return ((5.0 + length.float()) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int, bos: int, eos: int,
+                pad: int, beam: int = 4, alpha: float = 0.6, use_cache: bool = True) -> torch.Tensor:
+    """Keep the `beam` most probable prefixes per source; return the best finished hypothesis,
+    ranked by log P(Y | X) / lp(Y). Returns (B, L) tokens (EOS included, PAD after it).
+
+    Beams are rows of one (B * beam) batch; after each step the cache follows the surviving beams.
+    """
+    model.eval()
+    B, K = src.size(0), beam
+    device = src.device
+    memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # (B*K, S, C)
+    mask = src_mask.repeat_interleave(K, dim=0) if src_mask is not None else None  # (B*K, S)
+    ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+    scores = torch.zeros(B, K, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
+    finished = torch.zeros(B * K, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B * K, dtype=torch.long, device=device)
+    cache = model.new_cache() if use_cache else None
+    for _ in range(max_len):
+        logp = torch.log_softmax(_decoder_step(model, ys, memory, mask, cache), dim=-1)  # (B*K, V)
+        V = logp.size(-1)
+        # a finished beam may only continue with PAD, at no cost
+        logp[finished] = float("-inf")
+        logp[finished, pad] = 0.0
+        candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
+        scores, flat = candidates.topk(K, dim=-1)  # (B, K)
+        rows = (torch.arange(B, device=device)[:, None] * K + flat // V).view(-1)  # surviving beams (B*K,)
+        tokens = (flat % V).view(-1)
+        ys = torch.cat([ys[rows], tokens[:, None]], dim=1)
+        lengths = lengths[rows] + (~finished[rows]).long()
+        finished = finished[rows] | (tokens == eos)
+        if cache is not None:
+            for layer in cache:
+                layer.reorder(rows)
+        if finished.all():
+            break
+    normalised = scores.view(-1) / length_penalty(lengths, alpha)
+    best = normalised.view(B, K).argmax(-1)  # (B,)
+    return ys.view(B, K, -1)[torch.arange(B, device=device), best, 1:]

@@ -34,7 +34,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     assert tok.chars == "abcde" and cfg.model.vocab_size == 5
     raw = checkpoint.load(path)
     assert raw["step"] == 3 and raw["format_version"] == checkpoint.FORMAT_VERSION
-    assert raw["optimizer"]["state"][0]["exp_avg"].shape == model.tok_emb.weight.shape
+    assert raw["optimizer"]["state"][0]["exp_avg"].shape == model.embed.tok.weight.shape
 
 
 def test_failed_save_leaves_previous_checkpoint_whole(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_train_then_sample_end_to_end(tmp_path, tiny_config):
     assert r.returncode == 0, r.stderr
     assert "parameters" in r.stdout and "MFLOPs per token" in r.stdout
     assert "step 3: train loss" in r.stdout and "val loss" in r.stdout and "bits/char" in r.stdout
-    assert "final: val loss over the whole validation split" in r.stdout
+    assert "final, over the whole validation split: val loss" in r.stdout
     assert "train:" in r.stderr and "6/6" in r.stderr  # the tqdm bar
     assert {"last.pt", "best.pt", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
 
@@ -86,7 +86,7 @@ def test_config_with_exactly_the_nine_keys_trains(tmp_path, small_corpus):
     r = run("train.py", "--config", cfg, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     # one epoch = as many windows as the training split has tokens: 0.02 * 18,000 / 8 = 45 steps
-    assert "45 steps of 128 tokens" in r.stdout
+    assert "45 steps of batch 8 x 1" in r.stdout
     assert (tmp_path / "out" / "shakespeare_char" / "best.pt").exists()
 
 

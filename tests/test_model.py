@@ -77,7 +77,7 @@ def test_too_long_input_is_refused():
 
 def test_head_is_tied_to_embedding_and_counts_are_reported():
     model = tiny()
-    assert model.head.weight is model.tok_emb.weight
+    assert model.head.weight is model.embed.tok.weight
     assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert model.flops_per_token() > 6 * 2 * 16 * 16
 

@@ -28,11 +28,11 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 def test_total_steps_epochs_and_max_iters():
     cfg = config.load(None, ["--batch_size=10", "--grad_accum=2", "--epochs=2"])
-    assert total_steps(cfg, 1000) == 100  # 2 epochs x 1000 windows / 20 windows per step
+    assert total_steps(cfg, 1000 / 20) == 100  # 2 epochs x 1000 windows / 20 windows per step
     cfg = config.load(None, ["--batch_size=10", "--epochs=2", "--max_iters=30"])
-    assert total_steps(cfg, 1000) == 30  # whichever comes first
+    assert total_steps(cfg, 1000 / 10) == 30  # whichever comes first
     cfg = config.load(None, ["--batch_size=10", "--max_iters=null"])
-    assert total_steps(cfg, 1000) == 100  # neither: one epoch
+    assert total_steps(cfg, 1000 / 10) == 100  # neither: one epoch
 
 
 def test_run_writes_metrics_and_checkpoints(small_corpus, tmp_path):

@@ -28,6 +28,11 @@ class KVCache:
     def __len__(self) -> int:
         return 0 if self.k is None else self.k.size(2)
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (in that order): beam search follows its surviving beams."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
         self.v = v if self.v is None else torch.cat([self.v, v], dim=2)

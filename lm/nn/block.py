@@ -29,6 +29,10 @@ class LayerCache:
         self.self_attn = KVCache()
         self.cross_attn = KVCache()
 
+    def reorder(self, index: torch.Tensor) -> None:
+        self.self_attn.reorder(index)
+        self.cross_attn.reorder(index)
+
 
 class Block(nn.Module):
     """Pre-LayerNorm residual block:

@@ -1,4 +1,4 @@
-"""Models as thin stacks of the shared Block."""
+"""Models as thin stacks of the shared Block: GPT (decoder only), Encoder, EncoderDecoder."""
 
 from __future__ import annotations
 
@@ -24,6 +24,41 @@ def init_weights(model: nn.Module, num_blocks: int) -> None:
             nn.init.normal_(p, mean=0.0, std=std)
 
 
+class Embedder(nn.Module):
+    """Token embedding plus positional encoding, then dropout: h_0 = Dropout(E[tokens] + PE[positions])."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (> 0) before building a model")
+        self.block_size = cfg.block_size
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.embedding_dim)
+        self.pos = make_positional(cfg.pos_encoding, cfg.block_size, cfg.embedding_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        B, T = idx.shape
+        if start + T > self.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}")
+        x = self.tok(idx)  # (B, T, C)
+        pe = self.pos(start, T)
+        if pe is not None:
+            x = x + pe  # (T, C) broadcast over the batch
+        return self.drop(x)
+
+
+def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:
+    return nn.ModuleList(Block(cfg.embedding_dim, cfg.num_heads, cfg.dropout, cfg.bias, causal=causal,
+                               cross_attention=cross_attention) for _ in range(cfg.num_blocks))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens that are not ignore_index (e.g. padding)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=ignore_index, label_smoothing=label_smoothing)
+
+
 class GPT(nn.Module):
     """Decoder-only language model:
 
@@ -33,19 +68,12 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set (> 0) before building a model")
         self.cfg = cfg
-        C = cfg.embedding_dim
-        self.tok_emb = nn.Embedding(cfg.vocab_size, C)
-        self.pos_emb = make_positional(cfg.pos_encoding, cfg.block_size, C)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            Block(C, cfg.num_heads, cfg.dropout, cfg.bias, causal=True) for _ in range(cfg.num_blocks)
-        )
-        self.ln_f = nn.LayerNorm(C, bias=cfg.bias)
-        self.head = nn.Linear(C, cfg.vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # weight tying
+        self.embed = Embedder(cfg)
+        self.blocks = _stack(cfg, causal=True, cross_attention=False)
+        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.tok.weight  # weight tying
         init_weights(self, cfg.num_blocks)
 
     def new_cache(self) -> list[LayerCache]:
@@ -62,15 +90,8 @@ class GPT(nn.Module):
         mean cross-entropy against targets (B, T) or None; weights is a list (one per block) of
         (B, nh, T, T_k) attention weights when return_weights, else None.
         """
-        B, T = idx.shape
         start = len(cache[0].self_attn) if cache else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.cfg.block_size}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        pe = self.pos_emb(start, T)
-        if pe is not None:
-            x = x + pe  # (T, C) broadcast over the batch
-        x = self.drop(x)
+        x = self.embed(idx, start)  # (B, T, C)
         weights = [] if return_weights else None
         for i, block in enumerate(self.blocks):
             x, w = block(x, cache=cache[i] if cache else None, return_weights=return_weights)
@@ -80,9 +101,7 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = token_loss(logits, targets) if targets is not None else None
         return logits, loss, weights
 
     def num_params(self) -> int:
@@ -93,6 +112,98 @@ class GPT(nn.Module):
         """Estimated training FLOPs per token (forward + backward, Kaplan et al. 2020):
         6 N + 6 L T C, with N the parameters outside the embeddings, L blocks, T = block_size, C width."""
         c = self.cfg
-        n = self.num_params() - self.tok_emb.weight.numel()
-        n -= sum(p.numel() for p in self.pos_emb.parameters())
+        n = self.num_params() - sum(p.numel() for p in self.embed.parameters())
         return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim
+
+
+class Encoder(nn.Module):
+    """Bidirectional stack: every position attends to every real (non-padding) position.
+
+    Returns per-position states (B, S, C), e.g. for a classifier or tagger head, or as the
+    memory of an EncoderDecoder.
+    """
+
+    def __init__(self, cfg: ModelConfig, embed: Embedder | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = embed or Embedder(cfg)
+        self.blocks = _stack(cfg, causal=False, cross_attention=False)
+        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        if embed is None:
+            init_weights(self, cfg.num_blocks)
+
+    def forward(self, src: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                attn_mask: torch.Tensor | None = None, return_weights: bool = False):
+        """src: (B, S) ids; padding_mask: (B, S) True at real tokens; attn_mask: (S, S) or (B, S, S)
+        boolean adjacency. Returns (states (B, S, C), weights: list per block or None)."""
+        x = self.embed(src)
+        weights = [] if return_weights else None
+        for block in self.blocks:
+            x, w = block(x, padding_mask=padding_mask, attn_mask=attn_mask, return_weights=return_weights)
+            if return_weights:
+                weights.append(w["self"])
+        return self.ln_f(x), weights
+
+
+class EncoderDecoder(nn.Module):
+    """The transformer of "Attention Is All You Need": an Encoder over the source and a decoder of
+    causal self-attention + cross-attention blocks over the target, logits = LN(h) E_tgt^T.
+
+    share_embeddings: source and target use one embedding table (one vocabulary).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        src_embed = Embedder(cfg)
+        self.tgt_embed = src_embed if cfg.share_embeddings else Embedder(cfg)
+        self.encoder = Encoder(cfg, src_embed)
+        self.blocks = _stack(cfg, causal=True, cross_attention=True)
+        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
+        self.head.weight = self.tgt_embed.tok.weight  # tied to the target embedding
+        init_weights(self, cfg.num_blocks)
+
+    def new_cache(self) -> list[LayerCache]:
+        """Per decoder block: self-attention keys/values, and the source's cross-attention keys/values."""
+        return [LayerCache() for _ in self.blocks]
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, C) memory."""
+        return self.encoder(src, src_mask)[0]
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
+               tgt_mask: torch.Tensor | None = None, *, cache: list[LayerCache] | None = None,
+               return_weights: bool = False):
+        """tgt: (B, T) target ids so far (only the new ones with a cache). Returns (logits (B, T, V), weights)."""
+        start = len(cache[0].self_attn) if cache else 0
+        x = self.tgt_embed(tgt, start)
+        weights = [] if return_weights else None
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
+                         cache=cache[i] if cache else None, return_weights=return_weights)
+            if return_weights:
+                weights.append(w)
+        return self.head(self.ln_f(x)), weights
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
+                tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
+                pad_id: int = -100, label_smoothing: float = 0.0):
+        """Teacher forcing: tgt (B, T) is the decoder input (BOS + target), targets (B, T) the expected
+        output (target + EOS), padded with pad_id, which the loss ignores. Returns (logits, loss)."""
+        logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask, tgt_mask)
+        loss = None
+        if targets is not None:
+            loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing)
+        return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """6 N + 6 L T C as for GPT, with N the non-embedding parameters of both stacks and L counting
+        self- and cross-attention layers (an estimate per target token with a source of block_size)."""
+        c = self.cfg
+        embeds = {id(p): p for m in (self.encoder.embed, self.tgt_embed) for p in m.parameters()}
+        n = self.num_params() - sum(p.numel() for p in embeds.values())
+        return 6 * n + 6 * 3 * c.num_blocks * c.block_size * c.embedding_dim

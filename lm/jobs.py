@@ -1,0 +1,209 @@
+"""What is being learned: a job supplies the model, the batches, the loss and the evaluation.
+
+The training loop (``lm.trainer.train``) is the same for every job:
+
+    LanguageModelJob   task: lm       GPT on a text corpus, random block_size windows
+    Seq2SeqJob         task: copy...  EncoderDecoder on generated (source, target) pairs
+
+Each batch is a pure function of (seed, index), so a resumed run replays the same data.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+
+from .config import Config, ConfigError
+from .data import batch_iterator, obtain_corpus, prepare_corpus, sequential_windows, window_batch
+from .device import autocast
+from .generate import greedy_decode
+from .nn import GPT
+from .nn.models import EncoderDecoder, token_loss
+from .padding import pad_sequences
+from .tasks import BOS, EOS, PAD, Task, make_task, task_from_state
+from .tokenizer import CharTokenizer
+
+# Data streams: each kind of batch draws from its own deterministic sequence.
+TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM = range(5)
+
+
+def make_model(cfg: Config) -> nn.Module:
+    """The model a config describes: GPT for task lm, EncoderDecoder for the seq2seq tasks."""
+    return GPT(cfg.model) if cfg.data.task == "lm" else EncoderDecoder(cfg.model)
+
+
+def vocab_from_state(state: dict):
+    """The tokenizer (lm) or task (seq2seq) saved in a checkpoint."""
+    return task_from_state(state) if state.get("kind") == "task" else CharTokenizer.from_state(state)
+
+
+def bits_per_char(loss_nats: float) -> float:
+    """For a character-level model the loss per token is per character: bpc = loss / ln 2."""
+    return loss_nats / math.log(2)
+
+
+# ----------------------------------------------------------------------------- language modelling
+
+class LanguageModelJob:
+    """Next-character prediction on a text corpus (first 90% train, last 10% validation)."""
+
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
+        self.cfg = cfg
+        source = obtain_corpus(cfg.data.data_path)
+        if source.note:
+            emit({"event": "corpus_note", "note": source.note})
+        tokenizer = CharTokenizer.from_state(saved["tokenizer"]) if saved else None
+        self.corpus = prepare_corpus(source.path, out_dir / "data", cfg.data.val_fraction, cfg.model.block_size,
+                                     tokenizer)
+        self.vocab = self.corpus.tokenizer
+        emit({"event": "data", "path": str(self.corpus.path), "vocab_size": self.vocab.vocab_size,
+              "train_tokens": len(self.corpus.train), "val_tokens": len(self.corpus.val),
+              "reused_cache": self.corpus.reused_cache})
+
+    def steps_per_epoch(self) -> float:
+        """One epoch = as many block_size windows as the training split has tokens."""
+        t = self.cfg.train
+        return len(self.corpus.train) / (t.batch_size * t.grad_accum)
+
+    def batches(self, start: int) -> Iterator:
+        c = self.cfg
+        return batch_iterator(self.corpus.train, c.train.batch_size, c.model.block_size, c.train.seed, start,
+                              c.data.num_workers, TRAIN_STREAM)
+
+    def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
+        """Training loss of one batch, and the number of tokens it holds."""
+        x, y = (t.to(device, non_blocking=True) for t in batch)
+        logits, _, _ = model(x)
+        return token_loss(logits, y, label_smoothing=self.cfg.train.label_smoothing), y.numel()
+
+    @torch.no_grad()
+    def evaluate(self, model, device, dtype) -> dict:
+        """Mean loss on eval_iters fixed batches of each split (the same batches at every evaluation)."""
+        c = self.cfg
+        model.eval()
+        losses = {}
+        for split, ids, stream in (("train", self.corpus.train, EVAL_TRAIN_STREAM),
+                                   ("val", self.corpus.val, EVAL_VAL_STREAM)):
+            total = 0.0
+            for i in range(c.train.eval_iters):
+                x, y = window_batch(ids, c.train.batch_size, c.model.block_size, c.train.seed, i, stream)
+                with autocast(device, dtype):
+                    _, loss, _ = model(x.to(device), y.to(device))
+                total += loss.item()
+            losses[split] = total / c.train.eval_iters
+        model.train()
+        return {"val_loss": losses["val"], "val_bpc": bits_per_char(losses["val"]), "eval_train_loss": losses["train"]}
+
+    @torch.no_grad()
+    def final(self, model, device, dtype) -> dict:
+        """Mean loss over every validation token, each predicted once (consecutive windows): deterministic."""
+        model.eval()
+        total, count = 0.0, 0
+        for x, y in sequential_windows(self.corpus.val, self.cfg.model.block_size, self.cfg.train.batch_size):
+            with autocast(device, dtype):
+                logits, _, _ = model(x.to(device))
+            total += token_loss(logits, y.to(device)).item() * y.numel()
+            count += y.numel()
+        model.train()
+        loss = total / count
+        return {"final_val_loss": loss, "final_val_bpc": bits_per_char(loss)}
+
+
+# ----------------------------------------------------------------------------- seq2seq tasks
+
+def collate(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...]:
+    """(source, target) id lists -> src, src_mask, decoder input (BOS + target), expected output (target + EOS)."""
+    src, src_mask = pad_sequences([s for s, _ in pairs], PAD)
+    tgt_in, _ = pad_sequences([[BOS] + t for _, t in pairs], PAD)
+    tgt_out, _ = pad_sequences([t + [EOS] for _, t in pairs], PAD)
+    return src, src_mask, tgt_in, tgt_out
+
+
+class Seq2SeqJob:
+    """A generated task (copy, reverse, sort, add) on an encoder-decoder: fresh examples every step,
+    fixed held-out sets of the trained lengths and of longer ones."""
+
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
+        self.cfg = cfg
+        d = cfg.data
+        self.task: Task = make_task(d.task, d.num_symbols)
+        self.vocab = self.task
+        longest = max(d.max_len, d.eval_long_len)
+        need = max(self.task.max_lengths(longest))
+        if cfg.model.block_size < need:
+            raise ConfigError(f"block_size: {cfg.model.block_size} is too small for task {d.task!r} with lengths up "
+                              f"to {longest} (max_len / eval_long_len): sequences need {need} positions")
+        g = lambda stream: torch.Generator().manual_seed(hash((cfg.train.seed, stream)) & 0x7FFF_FFFF_FFFF_FFFF)
+        self.held_out = self.task.examples(d.held_out_size, d.min_len, d.max_len, g(HELD_OUT_STREAM))
+        self.long = (self.task.examples(d.held_out_size, d.max_len + 1, d.eval_long_len, g(LONG_STREAM))
+                     if d.eval_long_len > d.max_len else [])
+        emit({"event": "task", "task": d.task, "vocab_size": self.task.vocab_size, "lengths": (d.min_len, d.max_len),
+              "held_out": len(self.held_out), "long_lengths": (d.max_len + 1, d.eval_long_len) if self.long else None})
+
+    def steps_per_epoch(self) -> None:
+        return None  # fresh examples every step: no epochs (the config must set max_iters)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, ...]:
+        c = self.cfg
+        g = torch.Generator().manual_seed(hash((c.train.seed, TRAIN_STREAM, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return collate(self.task.examples(c.train.batch_size, c.data.min_len, c.data.max_len, g))
+
+    def batches(self, start: int) -> Iterator:
+        index = start
+        while True:
+            yield self.batch(index)
+            index += 1
+
+    def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
+        src, src_mask, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in batch)
+        _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
+                        label_smoothing=self.cfg.train.label_smoothing)
+        return loss, int(src_mask.sum() + (tgt_out != PAD).sum())
+
+    @torch.no_grad()
+    def score(self, model, pairs, device, dtype, chunk: int = 500) -> dict:
+        """Teacher-forced loss, and greedy decoding's token accuracy and exact-match, over pairs.
+
+        Token accuracy: share of expected output tokens (EOS included) that the decoder got right at
+        their position. Exact match: share of examples whose whole output (up to EOS) is right.
+        """
+        model.eval()
+        loss_sum, loss_count, right, tokens, exact = 0.0, 0, 0, 0, 0
+        for i in range(0, len(pairs), chunk):
+            src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(pairs[i : i + chunk]))
+            with autocast(device, dtype):
+                _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD)
+                out = greedy_decode(model, src, src_mask, tgt_out.size(1), BOS, EOS, PAD)
+            n_real = int((tgt_out != PAD).sum())
+            loss_sum, loss_count = loss_sum + loss.item() * n_real, loss_count + n_real
+            width = tgt_out.size(1)
+            if out.size(1) < width:  # every row stopped early: pad to the expected width
+                out = torch.cat([out, out.new_full((out.size(0), width - out.size(1)), PAD)], dim=1)
+            real = tgt_out != PAD
+            hit = (out[:, :width] == tgt_out) & real
+            right += int(hit.sum())
+            tokens += int(real.sum())
+            exact += int((hit | ~real).all(dim=1).sum())
+        model.train()
+        return {"loss": loss_sum / loss_count, "token_acc": right / tokens, "exact": exact / len(pairs)}
+
+    def evaluate(self, model, device, dtype) -> dict:
+        held = self.score(model, self.held_out, device, dtype)
+        out = {"val_loss": held["loss"], "val_token_acc": held["token_acc"], "val_exact": held["exact"]}
+        if self.long:
+            long = self.score(model, self.long, device, dtype)
+            out.update({"long_token_acc": long["token_acc"], "long_exact": long["exact"]})
+        return out
+
+    def final(self, model, device, dtype) -> dict:
+        return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
+
+
+def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
+    """The job for cfg.data.task."""
+    job = LanguageModelJob if cfg.data.task == "lm" else Seq2SeqJob
+    return job(cfg, saved, out_dir, emit)
