@@ -1,7 +1,10 @@
-"""Generate text from a checkpoint, streaming it to stdout as it is produced.
+"""Generate from a checkpoint.
 
+Language model: stream text to stdout as it is produced.
     python sample.py --checkpoint out/shakespeare_char/best.pt --prompt "ROMEO:" \
         --max_new_tokens 500 --temperature 0.8 --top_k 40 --top_p 0.95 --num_samples 3 --seed 1
+Seq2seq task: print the model's output for one source sequence (greedy, or beam search).
+    python sample.py --checkpoint out/reverse/best.pt --input "5 7 9 2" [--beam 4]
 
 Needs nothing but the checkpoint: the model's config and vocabulary are inside it.
 """
@@ -16,7 +19,8 @@ import torch
 
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
-from lm.generate import check_sampling, generate
+from lm.generate import beam_search, check_sampling, generate, greedy_decode
+from lm.tasks import BOS, EOS, PAD
 from lm.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
 
@@ -37,6 +41,9 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1337, help="random seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
+    p.add_argument("--input", default=None, help='seq2seq checkpoints: the source, e.g. "5 7 9 2" or "123+45"')
+    p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1 = greedy decoding)")
+    p.add_argument("--length_penalty", type=float, default=0.6, help="seq2seq beam search: GNMT alpha (0 = none)")
     return p.parse_args(argv)
 
 
@@ -49,24 +56,20 @@ def read_prompt(args) -> str:
     return "\n" if args.prompt is None else args.prompt
 
 
-def main(argv) -> int:
-    args = parse_args(argv)
+def sample_text(args, model, tokenizer, cfg, device) -> int:
+    """Language model: continue the prompt, streaming each character as it comes."""
+    if args.input is not None:
+        raise ValueError(f"--input is for seq2seq task checkpoints; {args.checkpoint} is a language model: use --prompt")
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples {args.num_samples} is not allowed; it must be >= 1")
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    prompt = read_prompt(args)
+    if not prompt:
+        raise ValueError("the prompt is empty; give at least one character (the default prompt is a newline)")
     try:
-        if args.num_samples < 1:
-            raise ValueError(f"--num_samples {args.num_samples} is not allowed; it must be >= 1")
-        check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
-        prompt = read_prompt(args)
-        if not prompt:
-            raise ValueError("the prompt is empty; give at least one character (the default prompt is a newline)")
-        device = resolve_device(args.device)
-        model, tokenizer, cfg = load_model(args.checkpoint, device)
-        try:
-            ids = tokenizer.encode(prompt)
-        except UnknownCharactersError as e:
-            raise ValueError(f"the prompt cannot be encoded: {e}") from None
-    except (ValueError, CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ids = tokenizer.encode(prompt)
+    except UnknownCharactersError as e:
+        raise ValueError(f"the prompt cannot be encoded: {e}") from None
     if len(ids) > cfg.model.block_size:
         print(f"note: the prompt has {len(ids)} characters; the model sees only the last "
               f"{cfg.model.block_size} (block_size)", file=sys.stderr)
@@ -83,6 +86,45 @@ def main(argv) -> int:
         sys.stdout.write("\n")
     sys.stdout.flush()
     return 0
+
+
+def transduce(args, model, task, cfg, device) -> int:
+    """Seq2seq task: decode the output for one source sequence and print it."""
+    if args.input is None:
+        raise ValueError(f"{args.checkpoint} was trained on task {cfg.data.task!r}: give the source with --input, "
+                         f"e.g. --input \"{'123+45' if cfg.data.task == 'add' else '5 7 9 2'}\"")
+    if args.prompt is not None or args.prompt_file is not None:
+        raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
+    if args.beam < 1:
+        raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
+    src_ids = task.to_ids(task.parse(args.input))
+    if len(src_ids) > cfg.model.block_size:
+        raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {cfg.model.block_size}")
+    src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
+    mask = torch.ones_like(src, dtype=torch.bool)
+    n = cfg.model.block_size
+    if args.beam == 1:
+        out = greedy_decode(model, src, mask, n, BOS, EOS, PAD, use_cache=not args.no_cache)
+    else:
+        out = beam_search(model, src, mask, n, BOS, EOS, PAD, beam=args.beam, alpha=args.length_penalty,
+                          use_cache=not args.no_cache)
+    tokens = out[0].tolist()
+    if EOS not in tokens:
+        print(f"note: no end-of-sequence token within {n} output tokens", file=sys.stderr)
+    print(task.render(task.from_ids(tokens)))
+    return 0
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+        model, vocab, cfg = load_model(args.checkpoint, device)
+        run = sample_text if cfg.data.task == "lm" else transduce
+        return run(args, model, vocab, cfg, device)
+    except (ValueError, CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

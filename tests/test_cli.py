@@ -135,3 +135,24 @@ def test_sample_errors_are_clear(tmp_path, tiny_config):
             assert n in r.stderr, (n, r.stderr)
     r = run("sample.py", "--checkpoint", ck, "--prompt", "ROMEO", "--max_new_tokens", 0)
     assert r.returncode == 0 and r.stdout == "ROMEO\n"
+
+
+def test_seq2seq_task_train_and_transduce(tmp_path):
+    out = tmp_path / "rev"
+    r = run("train.py", "--config", ROOT / "configs" / "reverse.yaml", f"--out_dir={out}", "--max_iters=20",
+            "--eval_interval=10", "--held_out_size=50", "--device=cpu")
+    assert r.returncode == 0, r.stderr
+    assert "task: reverse" in r.stdout and "held-out exact match" in r.stdout and "longer exact match" in r.stdout
+    ck = out / "best.pt"
+    outputs = []
+    for args in (["--beam", "1"], ["--beam", "4"], ["--beam", "4", "--no_cache"]):
+        s = run("sample.py", "--checkpoint", ck, "--input", "5 7 9 2", *args)
+        assert s.returncode == 0, s.stderr
+        assert all(t.isdigit() for t in s.stdout.split())
+        outputs.append(s.stdout)
+    assert outputs[1] == outputs[2]  # beam search: cached == uncached
+    for args, needle in ((["--input", "5 x"], "not symbols: x"), ([], "give the source with --input"),
+                         (["--prompt", "hi"], "give the source with --input"),
+                         (["--input", "1 2", "--beam", "0"], "--beam 0")):
+        s = run("sample.py", "--checkpoint", ck, *args)
+        assert s.returncode == 2 and needle in s.stderr, (args, s.stderr)
