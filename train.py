@@ -1,14 +1,18 @@
-"""Train a character-level GPT.
+"""Train a character-level GPT, or an encoder-decoder on a seq2seq task.
 
-    python train.py --config config.yaml [--resume] [--name=value ...]
+    python train.py --config config.yaml [--resume[=PATH]] [--overwrite] [--name=value ...]
 
 Any config key can be overridden: --lr=1e-3, --train.lr=1e-3, --max_iters 500.
---resume continues the run in out_dir from its last.pt (with no --config, the
-checkpoint's own config is used, plus any overrides).
+--resume continues the run in out_dir from its newest complete checkpoint; --resume=PATH
+continues from that checkpoint file or run directory (writing to out_dir). With no
+--config, the checkpoint's own config is used, plus any overrides. A fresh run into an
+out_dir that already holds one is refused unless --overwrite is given.
+SIGTERM or Ctrl-C writes last.pt at the next step boundary, then exits with 143 or 130.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from tqdm import tqdm
@@ -17,14 +21,22 @@ from lm import checkpoint, config
 from lm.checkpoint import CheckpointError
 from lm.config import ConfigError
 from lm.data import DataError
-from lm.trainer import TrainingError, train
+from lm.trainer import Interrupted, TrainingError, train
 
 USAGE = __doc__.strip()
 
 
-def parse_args(argv: list[str]) -> tuple[str | None, bool, list[str]]:
-    """Split argv into (config path, resume flag, ['--key=value', ...] overrides)."""
-    path, resume, overrides = None, False, []
+class Args:
+    def __init__(self):
+        self.config: str | None = None  # --config FILE
+        self.resume: bool | str = False  # --resume, or --resume=PATH
+        self.overwrite = False  # --overwrite
+        self.overrides: list[str] = []  # --name=value
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Read --config, --resume[=PATH], --overwrite and '--name=value' / '--name value' overrides."""
+    args = Args()
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -32,32 +44,64 @@ def parse_args(argv: list[str]) -> tuple[str | None, bool, list[str]]:
             print(USAGE)
             sys.exit(0)
         if arg == "--resume":
-            resume = True
+            args.resume = True
+        elif arg.startswith("--resume="):
+            args.resume = arg.split("=", 1)[1]
+            if not args.resume:
+                raise ConfigError("--resume= needs a checkpoint file or run directory")
+        elif arg == "--overwrite":
+            args.overwrite = True
         elif arg == "--config" or arg.startswith("--config="):
             if "=" in arg:
-                path = arg.split("=", 1)[1]
+                args.config = arg.split("=", 1)[1]
             elif i + 1 < len(argv):
-                path, i = argv[i + 1], i + 1
+                args.config, i = argv[i + 1], i + 1
             else:
                 raise ConfigError("--config needs a file path")
         elif arg.startswith("--") and "=" in arg:
-            overrides.append(arg)
+            args.overrides.append(arg)
         elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            overrides.append(f"{arg}={argv[i + 1]}")
+            args.overrides.append(f"{arg}={argv[i + 1]}")
             i += 1
         else:
-            raise ConfigError(f"cannot read argument {arg!r}; expected --config FILE, --resume or --name=value")
+            raise ConfigError(f"cannot read argument {arg!r}; expected --config FILE, --resume[=PATH], "
+                              f"--overwrite or --name=value")
         i += 1
-    return path, resume, overrides
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; give one")
+    return args
 
 
-def load_config(path: str | None, resume: bool, overrides: list[str]) -> config.Config:
-    if resume and path is None:
+def load_config(args: Args) -> config.Config:
+    if args.resume and args.config is None:
         # resume from the checkpoint's own config; out_dir may come from the overrides
-        out_dir = config.load(None, overrides).train.out_dir
-        saved = checkpoint.load(f"{out_dir}/last.pt")["config"]
-        return config.build(saved, [config.parse_override(o) for o in overrides], source="checkpoint config")
-    return config.load(path, overrides)
+        out_dir = config.load(None, args.overrides).train.out_dir
+        source = out_dir if args.resume is True else args.resume
+        _, saved, _ = checkpoint.load_latest(source)
+        return config.build(saved["config"], [config.parse_override(o) for o in args.overrides],
+                            source="checkpoint config")
+    return config.load(args.config, args.overrides)
+
+
+class StopOnSignal:
+    """SIGTERM / SIGINT (Ctrl-C) ask the trainer to stop at the next step boundary; a second one stops at once."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)
 
 
 def describe(m: dict) -> str:
@@ -87,6 +131,8 @@ class Console:
             banner = "!" * 78
             print(f"{banner}\n{e['note']}\n{banner}", file=sys.stderr, flush=True)
         elif kind == "resume":
+            for problem in e["skipped"]:
+                print(f"warning: passed over a damaged checkpoint: {problem}", file=sys.stderr)
             print(f"resuming from {e['path']} at step {e['step']}")
             for key, old, new in e["changed"]:
                 print(f"  changed since the checkpoint: {key}: {old!r} -> {new!r}")
@@ -129,10 +175,15 @@ class Console:
 
 def main(argv: list[str]) -> int:
     console = Console()
+    stop = StopOnSignal()
     try:
-        path, resume, overrides = parse_args(argv)
-        cfg = load_config(path, resume, overrides)
-        train(cfg, resume=resume, on_event=console)
+        args = parse_args(argv)
+        cfg = load_config(args)
+        train(cfg, resume=args.resume, overwrite=args.overwrite, on_event=console, should_stop=stop)
+    except Interrupted as e:
+        console.close()
+        print(f"interrupted: {e}", file=sys.stderr)
+        return stop.exit_code
     except (ConfigError, DataError, CheckpointError) as e:
         console.close()
         print(f"error: {e}", file=sys.stderr)
@@ -141,6 +192,10 @@ def main(argv: list[str]) -> int:
         console.close()
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        console.close()
+        print("interrupted twice: stopped at once, without a checkpoint of the current step", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

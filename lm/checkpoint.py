@@ -83,6 +83,38 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
+def load_latest(path: str | Path) -> tuple[Path, dict, list[str]]:
+    """The checkpoint to resume from: ``path`` itself if it is a file; for a run directory, the
+    newest complete one of last.pt and best.pt (a truncated or corrupt one is passed over).
+
+    Returns (file used, checkpoint, problems met on the way, as messages).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return path, load(path), []
+    found, problems = [], []
+    for name in ("last.pt", "best.pt"):
+        candidate = path / name
+        if candidate.exists():
+            try:
+                found.append((candidate, load(candidate)))
+            except CheckpointError as e:
+                problems.append(str(e))
+    if not found:
+        detail = "; ".join(problems) if problems else "neither last.pt nor best.pt exists"
+        raise CheckpointError(f"no checkpoint to resume from in {str(path)!r}: {detail}")
+    chosen, ckpt = max(found, key=lambda f: f[1]["step"])  # on a tie, last.pt (listed first)
+    return chosen, ckpt, problems
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete temporary files left by saves that were killed mid-write (they are never complete)."""
+    stale = list(Path(directory).glob(".*.pt.tmp-*"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -130,9 +130,9 @@ class Seq2SeqJob:
     def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
         self.cfg = cfg
         d = cfg.data
-        self.task: Task = make_task(d.task, d.num_symbols)
-        self.vocab = self.task
         longest = max(d.max_len, d.eval_long_len)
+        self.task: Task = make_task(d.task, d.num_symbols, longest)
+        self.vocab = self.task
         need = max(self.task.max_lengths(longest))
         if cfg.model.block_size < need:
             raise ConfigError(f"block_size: {cfg.model.block_size} is too small for task {d.task!r} with lengths up "

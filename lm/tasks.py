@@ -111,13 +111,22 @@ class SortTask(Task):
 
 
 class AddTask(Task):
-    """Source "a+b", target "a+b's sum", most significant digit first, in base num_symbols (<= 10).
+    """Source "a+b", target a + b, in base num_symbols (<= 10); symbols are the digits and '+'.
 
-    Length = digits of the longer operand (the other has 1..length digits); symbols are the
-    digits and '+'.
+    The model sees fixed-width numbers, least significant digit first and padded with zeros:
+    with width 4, 123+45 is "3 2 1 0 + 5 4 0 0" and the sum "8 6 1 0 0" (width + 1 digits).
+    Digit i of a, of b and of the sum then always sit at the same positions, and carries
+    flow in reading order; both are known to make addition far easier for a small transformer
+    to learn. parse() and render() use the usual notation ("123+45" -> "168").
+    Length = digits of the longer operand (the other has 1..length digits); width = the
+    longest length the run uses (max(max_len, eval_long_len)).
     """
 
     name = "add"
+
+    def __init__(self, num_symbols: int, width: int):
+        super().__init__(num_symbols)
+        self.width = width
 
     @property
     def plus(self) -> int:
@@ -127,52 +136,75 @@ class AddTask(Task):
     def vocab_size(self) -> int:
         return NUM_SPECIALS + self.num_symbols + 1
 
+    def state(self) -> dict:
+        return {**super().state(), "width": self.width}
+
     def _number(self, digits: int, g) -> int:
         base = self.num_symbols
         lo = 0 if digits == 1 else base ** (digits - 1)
         return int(torch.randint(lo, base**digits, (1,), generator=g))
 
-    def _digits(self, n: int) -> list[int]:
+    def _digits(self, n: int, width: int) -> list[int]:
+        """Digits of n, least significant first, zero-padded to width."""
         out = []
-        while True:
+        while n:
             n, d = divmod(n, self.num_symbols)
             out.append(d)
-            if n == 0:
-                return out[::-1]
+        if len(out) > width:
+            raise ValueError(f"{n} has more than {width} digits")
+        return out + [0] * (width - len(out))
 
     def pair(self, length, g):
         other = int(torch.randint(1, length + 1, (1,), generator=g))  # b has up to as many digits as a
         if int(torch.randint(2, (1,), generator=g)):
             length, other = other, length
         a, b = self._number(length, g), self._number(other, g)
-        return self._digits(a) + [self.plus] + self._digits(b), self._digits(a + b)
+        w = self.width
+        return self._digits(a, w) + [self.plus] + self._digits(b, w), self._digits(a + b, w + 1)
 
     def max_lengths(self, length):
-        return 2 * length + 1, length + 2
+        return 2 * self.width + 1, self.width + 2
 
     def parse(self, text):
         compact = re.sub(r"\s+", "", text)
-        base = self.num_symbols
+        base, w = self.num_symbols, self.width
         m = re.fullmatch(r"([0-9]+)\+([0-9]+)", compact)
         if not m or any(int(c) >= base for c in m.group(1) + m.group(2)):
             raise ValueError(f"input {text!r} must look like '123+45' with digits 0..{base - 1}")
-        return [int(c) for c in m.group(1)] + [self.plus] + [int(c) for c in m.group(2)]
+        numbers = [group.lstrip("0") or "0" for group in m.groups()]
+        if max(len(n) for n in numbers) > w:
+            raise ValueError(f"input {text!r} has a number of more than {w} digits, the most this model was built for")
+        a, b = ([int(c) for c in reversed(n)] + [0] * (w - len(n)) for n in numbers)
+        return a + [self.plus] + b
 
     def render(self, symbols):
-        return "".join("+" if s == self.plus else str(s) for s in symbols)
+        """Symbols (numbers least significant digit first) -> the usual text, e.g. '123+45'."""
+        numbers, current = [], []
+        for s in symbols + [self.plus]:
+            if s == self.plus:
+                numbers.append("".join(str(d) for d in reversed(current)).lstrip("0") or "0")
+                current = []
+            else:
+                current.append(s)
+        return "+".join(numbers)
 
 
 TASKS = {t.name: t for t in (CopyTask, ReverseTask, SortTask, AddTask)}
 
 
-def make_task(name: str, num_symbols: int) -> Task:
-    """Build a task by name; raises ValueError listing the valid names."""
+def make_task(name: str, num_symbols: int, max_len: int = 0) -> Task:
+    """Build a task by name; raises ValueError listing the valid names.
+
+    max_len: the longest length the task will be asked for (add pads its numbers to it).
+    """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: lm, {', '.join(TASKS)}")
-    if name == "add" and not 2 <= num_symbols <= 10:
-        raise ValueError(f"num_symbols {num_symbols} is not allowed for task 'add'; it is the number base, 2..10")
+    if name == "add":
+        if not 2 <= num_symbols <= 10:
+            raise ValueError(f"num_symbols {num_symbols} is not allowed for task 'add'; it is the number base, 2..10")
+        return AddTask(num_symbols, max_len)
     return TASKS[name](num_symbols)
 
 
 def task_from_state(state: dict) -> Task:
-    return make_task(state["task"], state["num_symbols"])
+    return make_task(state["task"], state["num_symbols"], state.get("width", 0))

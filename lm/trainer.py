@@ -9,6 +9,7 @@ progress goes to the ``on_event`` callback that the calling script owns.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -27,6 +28,37 @@ Event = Callable[[dict], None]
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says what happened and what to try."""
+
+
+class Interrupted(Exception):
+    """Training stopped on request (should_stop) at a step boundary, after writing last.pt."""
+
+    def __init__(self, step: int, path: Path):
+        super().__init__(f"stopped at step {step}; {path} holds it (continue with --resume)")
+        self.step, self.path = step, path
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(cfg: Config, where: str):
+    """Turn an allocation failure into a TrainingError that says what to change."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not _is_oom(e):
+            raise
+        t = cfg.train
+        half = max(1, t.batch_size // 2)
+        raise TrainingError(
+            f"out of memory {where} (batch_size {t.batch_size}, block_size {cfg.model.block_size}, "
+            f"embedding_dim {cfg.model.embedding_dim}): use a smaller batch_size, e.g. --batch_size={half} "
+            f"--grad_accum={t.grad_accum * t.batch_size // half} for the same effective batch, or a smaller "
+            f"model or block_size. Checkpoints already written are untouched. ({str(e).splitlines()[0][:160]})"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- optimizer and schedule
@@ -123,21 +155,36 @@ def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, obj
 
 # ----------------------------------------------------------------------------- the loop
 
-def train(cfg: Config, *, resume: bool = False, on_event: Event | None = None) -> dict:
-    """Train as configured (see the module docstring); returns a summary dict."""
+def train(cfg: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
+          on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train as configured (see the module docstring); returns a summary dict.
+
+    resume: True continues the run in out_dir (its newest complete checkpoint); a path continues
+    from that checkpoint file or run directory, writing to out_dir. overwrite: start afresh even
+    if out_dir already holds a run (otherwise refused). should_stop: polled after every step;
+    when it returns True, last.pt is written and Interrupted is raised.
+    """
     emit = on_event or (lambda event: None)
     t = cfg.train
     out_dir = Path(t.out_dir)
 
-    # --- restore: a resumed run takes model, optimizer, step and RNG state from last.pt
+    # --- restore: a resumed run takes model, optimizer, step and RNG state from a checkpoint
     saved = None
     if resume:
-        saved = ckpt_io.load(out_dir / "last.pt")
+        path, saved, problems = ckpt_io.load_latest(out_dir if resume is True else resume)
         changes = check_resume_config(saved["config"], cfg)
-        emit({"event": "resume", "path": str(out_dir / "last.pt"), "step": saved["step"], "changed": changes})
+        emit({"event": "resume", "path": str(path), "step": saved["step"], "changed": changes, "skipped": problems})
+    elif (out_dir / "last.pt").exists() and not overwrite:
+        raise ConfigError(f"out_dir {str(out_dir)!r} already holds a run (last.pt); continue it with --resume, "
+                          f"choose another --out_dir, or pass --overwrite to start over and replace it")
+    if out_dir.is_dir():
+        ckpt_io.remove_stale_temporaries(out_dir)
 
     # --- data: the corpus (encoded once into a cache in out_dir) or the task's generator
     job = make_job(cfg, saved, out_dir, emit)
+    if saved and saved["tokenizer"] != job.vocab.state():
+        raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
+                          f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
     if cfg.model.vocab_size not in (0, job.vocab.vocab_size):
         raise ConfigError(f"vocab_size: {cfg.model.vocab_size} does not match the data's {job.vocab.vocab_size} "
                           f"symbols; leave it at 0 to take it from the data")
@@ -166,6 +213,10 @@ def train(cfg: Config, *, resume: bool = False, on_event: Event | None = None) -
     metrics = MetricsLog(out_dir / "metrics.jsonl", saved["step"] if saved else None)
 
     def save(name: str) -> None:
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingError(f"the weights became non-finite by step {step} ({', '.join(bad[:3])}...); "
+                                f"no checkpoint was written. Try a lower lr (now {t.lr}) or gradient clipping.")
         payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                    "rng": ckpt_io.rng_state(), "config": cfg.to_dict(), "tokenizer": job.vocab.state(),
                    "best_val_loss": None if best_val == float("inf") else best_val, "elapsed_s": elapsed}
@@ -175,7 +226,8 @@ def train(cfg: Config, *, resume: bool = False, on_event: Event | None = None) -
 
     def evaluate_and_save() -> tuple[dict, bool]:
         nonlocal best_val
-        result = job.evaluate(model, device, dtype)
+        with explain_out_of_memory(cfg, f"while evaluating at step {step}"):
+            result = job.evaluate(model, device, dtype)
         improved = result["val_loss"] < best_val
         best_val = min(best_val, result["val_loss"])
         save("last.pt")
@@ -194,12 +246,13 @@ def train(cfg: Config, *, resume: bool = False, on_event: Event | None = None) -
             group["lr"] = lr
         # --- forward and backward over grad_accum micro-batches (gradients are summed)
         step_loss = 0.0
-        for _ in range(t.grad_accum):
-            with autocast(device, dtype):
-                loss, n_tokens = job.loss(model, next(batches), device)
-            scaler.scale(loss / t.grad_accum).backward()
-            step_loss += loss.item() / t.grad_accum
-            window_tokens += n_tokens
+        with explain_out_of_memory(cfg, f"at training step {step + 1}"):
+            for _ in range(t.grad_accum):
+                with autocast(device, dtype):
+                    loss, n_tokens = job.loss(model, next(batches), device)
+                scaler.scale(loss / t.grad_accum).backward()
+                step_loss += loss.item() / t.grad_accum
+                window_tokens += n_tokens
         if not math.isfinite(step_loss):
             optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"the training loss became {step_loss} at step {step + 1}; the weights were not "
@@ -233,8 +286,21 @@ def train(cfg: Config, *, resume: bool = False, on_event: Event | None = None) -
             metrics.write(record)
             emit({"event": "log", **record})
 
+        # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
+        if should_stop is not None and should_stop() and step < n_steps:
+            if not is_eval:
+                save("last.pt")
+            raise Interrupted(step, out_dir / "last.pt")
+
     # --- final evaluation: the whole validation split (lm) or the held-out sets (tasks)
-    final = {"step": step, **job.final(model, device, dtype), "elapsed_s": elapsed}
+    with explain_out_of_memory(cfg, "in the final evaluation"):
+        final = {"step": step, **job.final(model, device, dtype), "elapsed_s": elapsed}
     metrics.write(final)
     emit({"event": "final", **final, "best_val_loss": best_val, "out_dir": str(out_dir)})
     return {**final, "best_val_loss": best_val, "total_steps": n_steps}
+
+
+def _describe_vocab(state: dict) -> str:
+    if state.get("kind") == "char":
+        return f"{len(state['chars'])} characters"
+    return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")

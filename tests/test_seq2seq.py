@@ -143,7 +143,7 @@ def test_beam_of_one_is_greedy_and_beams_never_score_worse():
 
 @pytest.mark.parametrize("name", ["copy", "reverse", "sort", "add"])
 def test_task_generators_produce_correct_pairs(name):
-    task = make_task(name, 10)
+    task = make_task(name, 10, max_len=6)
     g = torch.Generator().manual_seed(0)
     pairs = task.examples(300, 1, 6, g)
     for src_ids, tgt_ids in pairs:
@@ -162,14 +162,20 @@ def test_task_generators_produce_correct_pairs(name):
     lengths = {len(task.from_ids(s)) for s, _ in pairs}
     if name != "add":
         assert lengths == set(range(1, 7))
+    else:
+        assert lengths == {13}  # two 6-digit numbers and '+': fixed width
+        assert {max(len(n) for n in task.render(task.from_ids(s)).split("+")) for s, _ in pairs} == set(range(1, 7))
     again = task.examples(300, 1, 6, torch.Generator().manual_seed(0))
     assert again == pairs  # a seed fixes the set
 
 
 def test_add_in_another_base_and_parsing():
-    task = make_task("add", 2)
-    assert task.render(task._digits(5)) == "101"
-    assert task.parse("101 + 1") == [1, 0, 1, task.plus, 1]
+    task = make_task("add", 2, max_len=4)
+    assert task._digits(6, 4) == [0, 1, 1, 0] and task.render(task._digits(6, 4)) == "110"  # LSB first, padded
+    assert task.parse("110 + 1") == [0, 1, 1, 0, task.plus, 1, 0, 0, 0]
+    assert task.render(task.parse("0110+1")) == "110+1"
+    with pytest.raises(ValueError, match="more than 4 digits"):
+        task.parse("10101+1")
     with pytest.raises(ValueError, match="digits 0..1"):
         task.parse("12+1")
     with pytest.raises(ValueError, match="lm, copy, reverse, sort, add"):

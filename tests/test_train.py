@@ -52,10 +52,11 @@ def test_run_writes_metrics_and_checkpoints(small_corpus, tmp_path):
     assert last["step"] == 6 and best["best_val_loss"] == min(r["val_loss"] for r in evals)
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_resume_is_exact(small_corpus, tmp_path, grad_accum):
+@pytest.mark.parametrize("grad_accum,task", [(1, "lm"), (2, "lm"), (1, "copy")])
+def test_resume_is_exact(small_corpus, tmp_path, grad_accum, task):
     """2N steps straight == N steps, then resume for N more: same per-step losses and weights (dropout on)."""
-    common = ["--dropout=0.1", "--eval_interval=4", f"--grad_accum={grad_accum}", "--lr_decay_iters=12"]
+    common = ["--dropout=0.1", "--eval_interval=4", f"--grad_accum={grad_accum}", "--lr_decay_iters=12",
+              f"--task={task}", "--max_len=5", "--eval_long_len=6", "--held_out_size=20"]
     straight = tmp_path / "straight"
     train(tiny_cfg(small_corpus, straight, "--max_iters=12", *common))
     split = tmp_path / "split"
