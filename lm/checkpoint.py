@@ -90,6 +90,8 @@ def load_latest(path: str | Path) -> tuple[Path, dict, list[str]]:
     Returns (file used, checkpoint, problems met on the way, as messages).
     """
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint to resume from: {str(path)!r} does not exist")
     if not path.is_dir():
         return path, load(path), []
     found, problems = [], []

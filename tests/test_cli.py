@@ -106,7 +106,7 @@ def test_offline_default_corpus_falls_back_loudly(tmp_path):
     (["--num_heads=3"], ["embedding_dim", "divisible by num_heads (3)"]),
     (["--colour=red"], ["unknown key 'colour'"]),
     (["--data_path=/nonexistent/corpus.txt"], ["/nonexistent/corpus.txt", "does not exist"]),
-    (["--resume"], ["no checkpoint to resume from", "neither last.pt nor best.pt exists"]),
+    (["--resume"], ["no checkpoint to resume from", "does not exist"]),
 ])
 def test_train_errors_are_clear_and_early(tmp_path, tiny_config, args, needles):
     r = run("train.py", "--config", tiny_config, f"--out_dir={tmp_path / 'o'}", *args)
