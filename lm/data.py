@@ -209,8 +209,8 @@ def window_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, i
     """Batch number ``index`` of random windows: inputs x and next-token targets y, both (B, T) int64."""
     g = torch.Generator().manual_seed(_batch_seed(seed, stream, index))
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=g).numpy()
-    rows = np.stack([np.asarray(ids[s : s + block_size + 1], dtype=np.int64) for s in starts])  # (B, T+1)
-    xy = torch.from_numpy(rows)
+    positions = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
+    xy = torch.from_numpy(np.asarray(ids[positions], dtype=np.int64))  # (B, T+1)
     return xy[:, :-1], xy[:, 1:]
 
 
