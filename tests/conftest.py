@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -23,3 +24,13 @@ def small_corpus(tmp_path) -> Path:
     path = tmp_path / "small.txt"
     path.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
     return path
+
+
+class RunsCode:
+    """An object whose unpickling runs a shell command that creates ``marker``: a malicious payload."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

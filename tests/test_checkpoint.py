@@ -1,8 +1,7 @@
-import os
-
 import pytest
 import torch
 
+from conftest import RunsCode
 from lm import checkpoint
 from lm.checkpoint import CheckpointError
 from lm.config import Config
@@ -64,19 +63,11 @@ def test_truncated_checkpoint_gets_a_clear_error(tmp_path):
         checkpoint.load(path)
 
 
-class Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     _, payload = make_payload()
-    payload["extra"] = Evil(marker)
+    payload["extra"] = RunsCode(marker)
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="refused"):
         checkpoint.load(path)

@@ -5,7 +5,6 @@ Each test drives the real command-line programs where a user would, and is bound
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, RunsCode
 from lm import checkpoint, config
 from lm.trainer import Interrupted, train
 
@@ -161,19 +160,11 @@ def test_exact_resume_with_dropout_twice_from_one_checkpoint(small_corpus, tmp_p
 
 # 4. --------------------------------------------------------------------------------------------------------
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"model": {}, "config": {}, "step": 1, "payload": _RunsCode(marker)}, run / "last.pt")
+    torch.save({"model": {}, "config": {}, "step": 1, "payload": RunsCode(marker)}, run / "last.pt")
     for r in (cli("sample.py", "--checkpoint", run / "last.pt"),
               cli("train.py", "--resume", f"--out_dir={run}"),
               cli("train.py", f"--resume={run / 'last.pt'}", f"--out_dir={tmp_path / 'other'}")):
