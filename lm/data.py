@@ -199,15 +199,18 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
     return Corpus(train, val, tok, path, reuse)
 
 
-def _batch_seed(seed: int, stream: int, index: int) -> int:
-    # Python's hash of a tuple of ints is deterministic across processes and runs.
-    return hash((seed, stream, index)) & 0x7FFF_FFFF_FFFF_FFFF
+def seeded_generator(*key: int) -> torch.Generator:
+    """A random generator determined by a tuple of ints, e.g. (seed, stream, batch index).
+
+    Python's hash of a tuple of ints is the same in every process and run.
+    """
+    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def window_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, index: int,
                  stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch number ``index`` of random windows: inputs x and next-token targets y, both (B, T) int64."""
-    g = torch.Generator().manual_seed(_batch_seed(seed, stream, index))
+    g = seeded_generator(seed, stream, index)
     starts = torch.randint(len(ids) - block_size, (batch_size,), generator=g).numpy()
     positions = starts[:, None] + np.arange(block_size + 1)  # (B, T+1)
     xy = torch.from_numpy(np.asarray(ids[positions], dtype=np.int64))  # (B, T+1)

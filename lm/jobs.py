@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError
-from .data import batch_iterator, obtain_corpus, prepare_corpus, sequential_windows, window_batch
+from .data import batch_iterator, obtain_corpus, prepare_corpus, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .generate import greedy_decode
 from .nn import GPT
@@ -137,9 +137,11 @@ class Seq2SeqJob:
         if cfg.model.block_size < need:
             raise ConfigError(f"block_size: {cfg.model.block_size} is too small for task {d.task!r} with lengths up "
                               f"to {longest} (max_len / eval_long_len): sequences need {need} positions")
-        g = lambda stream: torch.Generator().manual_seed(hash((cfg.train.seed, stream)) & 0x7FFF_FFFF_FFFF_FFFF)
-        self.held_out = self.task.examples(d.held_out_size, d.min_len, d.max_len, g(HELD_OUT_STREAM))
-        self.long = (self.task.examples(d.held_out_size, d.max_len + 1, d.eval_long_len, g(LONG_STREAM))
+        seed = cfg.train.seed
+        self.held_out = self.task.examples(d.held_out_size, d.min_len, d.max_len,
+                                           seeded_generator(seed, HELD_OUT_STREAM))
+        self.long = (self.task.examples(d.held_out_size, d.max_len + 1, d.eval_long_len,
+                                        seeded_generator(seed, LONG_STREAM))
                      if d.eval_long_len > d.max_len else [])
         emit({"event": "task", "task": d.task, "vocab_size": self.task.vocab_size, "lengths": (d.min_len, d.max_len),
               "held_out": len(self.held_out), "long_lengths": (d.max_len + 1, d.eval_long_len) if self.long else None})
@@ -149,7 +151,7 @@ class Seq2SeqJob:
 
     def batch(self, index: int) -> tuple[torch.Tensor, ...]:
         c = self.cfg
-        g = torch.Generator().manual_seed(hash((c.train.seed, TRAIN_STREAM, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        g = seeded_generator(c.train.seed, TRAIN_STREAM, index)
         return collate(self.task.examples(c.train.batch_size, c.data.min_len, c.data.max_len, g))
 
     def batches(self, start: int) -> Iterator:

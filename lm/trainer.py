@@ -143,14 +143,19 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, 
     return out
 
 
+# model settings that may change on resume: dropout is not part of the weights' shape, and the
+# vocabulary (vocab_size) is compared separately, against the data
+_RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
+
+
 def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
     """Refuse a model whose shape differs from the checkpoint's; return the other settings that changed."""
-    new = cfg.to_dict()
-    model_diff = [(k, a, b) for k, a, b in _changed(saved["model"], new["model"], "model.") if k != "model.vocab_size"]
-    if model_diff:
-        lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in model_diff)
+    changes = _changed(saved, cfg.to_dict())
+    shape = [(k, a, b) for k, a, b in changes if k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS]
+    if shape:
+        lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in shape)
         raise ConfigError(f"cannot resume: the model differs from the checkpoint's ({lines})")
-    return [(k, a, b) for k, a, b in _changed(saved, new) if not k.startswith("model.")]
+    return [(k, a, b) for k, a, b in changes if k != "model.vocab_size"]
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -293,9 +293,10 @@ def test_resume_mismatches(small_corpus, tmp_path):
 
     before = snapshot(out)
     new = tmp_path / "continued"
-    r = cli("train.py", f"--resume={out}", f"--out_dir={new}", "--max_iters=4", "--lr=1e-3")
+    r = cli("train.py", f"--resume={out}", f"--out_dir={new}", "--max_iters=4", "--lr=1e-3", "--dropout=0.1")
     assert r.returncode == 0, r.stderr
-    for change in (f"train.out_dir: '{out}' -> '{new}'", "train.max_iters: 2 -> 4", "train.lr: 0.002 -> 0.001"):
+    for change in (f"train.out_dir: '{out}' -> '{new}'", "train.max_iters: 2 -> 4", "train.lr: 0.002 -> 0.001",
+                   "model.dropout: 0.0 -> 0.1"):
         assert change in r.stdout, (change, r.stdout)
     assert checkpoint.load(new / "last.pt")["step"] == 4
     assert snapshot(out) == before  # the original run is untouched
