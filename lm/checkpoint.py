@@ -141,6 +141,15 @@ def load_model(path: str | Path, device="cpu"):
     ckpt = load(path, map_location=device)
     cfg = from_dict(ckpt["config"])
     model = make_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, path)
     model.to(device).eval()
     return model, vocab_from_state(ckpt["tokenizer"]), cfg
+
+
+def load_weights(model, ckpt: dict, path) -> None:
+    """Copy a checkpoint's weights into a model built from its config; CheckpointError if they do not fit."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds weights that do not fit the model its config "
+                              f"describes (written by another version of lm?): {str(e).splitlines()[0][:300]}") from None

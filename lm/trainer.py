@@ -204,7 +204,7 @@ def train(cfg: Config, *, resume: bool | str | Path = False, overwrite: bool = F
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     step, best_val, elapsed = 0, float("inf"), 0.0
     if saved:
-        model.load_state_dict(saved["model"])
+        ckpt_io.load_weights(model, saved, path)
         optimizer.load_state_dict(saved["optimizer"])
         if "scaler" in saved:
             scaler.load_state_dict(saved["scaler"])
