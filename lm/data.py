@@ -87,13 +87,18 @@ def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
         return CorpusSource(fallback, note)
 
 
-def read_corpus(path: str | Path) -> str:
-    """Read a UTF-8 text file, raising DataError that names the file for anything unusable."""
-    path = Path(path)
+def check_file(path: Path) -> None:
+    """Raise DataError unless path is an existing file."""
     if path.is_dir():
         raise DataError(f"data_path {str(path)!r} is a directory; give a UTF-8 text file")
     if not path.exists():
         raise DataError(f"data_path {str(path)!r} does not exist")
+
+
+def read_corpus(path: str | Path) -> str:
+    """Read a UTF-8 text file, raising DataError that names the file for anything unusable."""
+    path = Path(path)
+    check_file(path)
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -146,8 +151,7 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
     """
     path = Path(path)
     cache_dir = Path(cache_dir)
-    if path.is_dir() or not path.exists():
-        read_corpus(path)  # raises the right error
+    check_file(path)
     stat = path.stat()
     fingerprint = {
         "version": CACHE_VERSION,

@@ -21,8 +21,8 @@ from .config import Config, ConfigError
 from .data import batch_iterator, obtain_corpus, prepare_corpus, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .generate import greedy_decode
-from .nn import GPT
-from .nn.models import EncoderDecoder, token_loss
+from .nn import GPT, EncoderDecoder
+from .nn.models import token_loss
 from .padding import pad_sequences
 from .tasks import BOS, EOS, PAD, Task, make_task, task_from_state
 from .tokenizer import CharTokenizer

@@ -9,8 +9,7 @@ from lm import config
 from lm.config import ModelConfig
 from lm.generate import beam_search, greedy_decode
 from lm.jobs import collate
-from lm.nn import MultiHeadAttention
-from lm.nn.models import EncoderDecoder, Encoder
+from lm.nn import Encoder, EncoderDecoder, MultiHeadAttention
 from lm.padding import pad_sequences, unpad
 from lm.tasks import BOS, EOS, PAD, make_task
 from lm.trainer import lr_at, train
