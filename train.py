@@ -4,23 +4,27 @@
 
 Any config key can be overridden: --lr=1e-3, --train.lr=1e-3, --max_iters 500.
 --resume continues the run in out_dir from its newest complete checkpoint; --resume=PATH
-continues from that checkpoint file or run directory (writing to out_dir). With no
---config, the checkpoint's own config is used, plus any overrides. A fresh run into an
-out_dir that already holds one is refused unless --overwrite is given.
+continues from that checkpoint file or run directory (writing to out_dir, a new run there).
+With no --config, the checkpoint's own config is used, plus any overrides. A fresh run into
+an out_dir that already holds one, or a resume into an out_dir that holds another run, is
+refused unless --overwrite is given. One training process per out_dir at a time.
 SIGTERM or Ctrl-C writes last.pt at the next step boundary, then exits with 143 or 130.
+Exit codes: 0 done, 1 training or writing failed, 2 bad config, data or checkpoint.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 
 from tqdm import tqdm
 
 from lm import checkpoint, config
-from lm.checkpoint import CheckpointError
+from lm.checkpoint import CheckpointError, ResumePoint
 from lm.config import ConfigError
 from lm.data import DataError
+from lm.rundir import OutputError, RunDirError
 from lm.trainer import Interrupted, TrainingError, train
 
 USAGE = __doc__.strip()
@@ -67,20 +71,31 @@ def parse_args(argv: list[str]) -> Args:
             raise ConfigError(f"cannot read argument {arg!r}; expected --config FILE, --resume[=PATH], "
                               f"--overwrite or --name=value")
         i += 1
-    if args.resume and args.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; give one")
+    if args.resume is True and args.overwrite:
+        raise ConfigError("--resume (continue the run in out_dir) and --overwrite (replace it) contradict each "
+                          "other; give one (--resume=PATH --overwrite continues PATH over another run in out_dir)")
     return args
 
 
-def load_config(args: Args) -> config.Config:
-    if args.resume and args.config is None:
-        # resume from the checkpoint's own config; out_dir may come from the overrides
-        out_dir = config.load(None, args.overrides).train.out_dir
-        source = out_dir if args.resume is True else args.resume
-        _, saved, _ = checkpoint.load_latest(source)
-        return config.build(saved["config"], [config.parse_override(o) for o in args.overrides],
-                            source="checkpoint config")
-    return config.load(args.config, args.overrides)
+def load_config(args: Args) -> tuple[config.Config, ResumePoint | None]:
+    """The run's config and, when resuming, the checkpoint to continue (read here, once).
+
+    Resuming without --config takes the checkpoint's own config, and the overrides are checked
+    against it (e.g. --min_lr against the checkpoint's lr, not the default one).
+    """
+    if not args.resume:
+        return config.load(args.config, args.overrides), None
+    if args.config is not None:
+        cfg = config.load(args.config, args.overrides)
+        return cfg, checkpoint.load_latest(cfg.train.out_dir if args.resume is True else args.resume)
+    if args.resume is True:
+        out_dir = config.override_value(args.overrides, "out_dir", config.TrainConfig().out_dir)
+        point = checkpoint.load_latest(out_dir)
+    else:
+        point = checkpoint.load_latest(args.resume)
+    cfg = config.build(point.ckpt["config"], [config.parse_override(o) for o in args.overrides],
+                       source="checkpoint config + overrides")
+    return cfg, point
 
 
 class StopOnSignal:
@@ -119,11 +134,39 @@ def describe(m: dict) -> str:
     return ", ".join(parts)
 
 
-class Console:
-    """Turns the trainer's events into a progress bar and readable lines."""
+class PlainProgress:
+    """Progress for a log file or pipe (not a terminal): a plain line at each tenth of the run and at
+    least every `every` seconds, instead of a progress bar's carriage-return frames."""
 
-    def __init__(self):
-        self.bar = None
+    def __init__(self, total: int, start: int, stream=sys.stderr, every: float = 30.0):
+        self.total, self.step, self.stream, self.every = total, start, stream, every
+        self.start_step, self.t0 = start, time.monotonic()
+        self.last_time, self.last_tenth = None, 10 * start // max(1, total)
+
+    def update(self, n: int = 1) -> None:
+        self.step += n
+
+    def log(self, e: dict) -> None:
+        now = time.monotonic()
+        tenth = 10 * self.step // max(1, self.total)
+        if self.last_time is not None and tenth == self.last_tenth and now - self.last_time < self.every \
+                and self.step < self.total:
+            return
+        self.last_time, self.last_tenth = now, tenth
+        spent = now - self.t0
+        done = self.step - self.start_step
+        left = spent / done * (self.total - self.step) if done else 0.0
+        print(f"train: step {self.step}/{self.total} ({100 * self.step / max(1, self.total):.0f}%), "
+              f"loss {e['train_loss']:.4f}, lr {e['lr']:.2e}, {e['tokens_per_sec']:,.0f} tok/s, "
+              f"{spent:.0f} s elapsed, ~{left:.0f} s left", file=self.stream, flush=True)
+
+
+class Console:
+    """Turns the trainer's events into progress (a bar on a terminal, plain lines otherwise) and readable lines."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.bar = None  # tqdm on a terminal, PlainProgress otherwise
 
     def __call__(self, e: dict) -> None:
         kind = e["event"]
@@ -148,20 +191,25 @@ class Console:
             t = e["config"]["train"]
             print(f"model: {e['params'] / 1e6:.2f}M parameters, ~{e['flops_per_token'] / 1e6:.1f} MFLOPs per "
                   f"token (training); device {e['device']}, dtype {e['dtype']}; {e['total_steps']} steps of "
-                  f"batch {t['batch_size']} x {t['grad_accum']}")
-            self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",
-                            dynamic_ncols=True, mininterval=0.5)
+                  f"batch {t['batch_size']} x {t['grad_accum']}; run {e['run_id']}", flush=True)
+            if self.stream.isatty():
+                self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",
+                                dynamic_ncols=True, mininterval=0.5, file=self.stream)
+            else:
+                self.bar = PlainProgress(e["total_steps"], e["start_step"], self.stream)
         elif kind == "step":
             self.bar.update(1)
         elif kind == "log":
-            self.bar.set_postfix(loss=f"{e['train_loss']:.4f}", lr=f"{e['lr']:.2e}",
-                                 tok_s=f"{e['tokens_per_sec']:,.0f}", refresh=False)
+            if isinstance(self.bar, PlainProgress):
+                self.bar.log(e)
+            else:
+                self.bar.set_postfix(loss=f"{e['train_loss']:.4f}", lr=f"{e['lr']:.2e}",
+                                     tok_s=f"{e['tokens_per_sec']:,.0f}", refresh=False)
         elif kind == "eval":
             mark = " (best, saved best.pt)" if e["best"] else ""
-            self.bar.write(f"step {e['step']}: {describe(e)}{mark}")
+            tqdm.write(f"step {e['step']}: {describe(e)}{mark}")
         elif kind == "final":
-            if self.bar:
-                self.bar.close()
+            self.close()
             where = "the whole validation split" if "final_val_bpc" in e else "the held-out sets"
             final = {k[len("final_"):]: v for k, v in e.items() if k.startswith("final_")}
             print(f"final, over {where}: {describe(final)}; after {e['step']} steps, {e['elapsed_s']:.1f} s of "
@@ -169,26 +217,29 @@ class Console:
             print(f"checkpoints and metrics.jsonl in {e['out_dir']}")
 
     def close(self):
-        if self.bar:
+        if isinstance(self.bar, tqdm):
             self.bar.close()
+        self.bar = None
 
 
 def main(argv: list[str]) -> int:
     console = Console()
     stop = StopOnSignal()
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit: let the write fail with an error we can explain
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         args = parse_args(argv)
-        cfg = load_config(args)
-        train(cfg, resume=args.resume, overwrite=args.overwrite, on_event=console, should_stop=stop)
+        cfg, point = load_config(args)
+        train(cfg, resume=point or False, overwrite=args.overwrite, on_event=console, should_stop=stop)
     except Interrupted as e:
         console.close()
         print(f"interrupted: {e}", file=sys.stderr)
         return stop.exit_code
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError) as e:
         console.close()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TrainingError as e:
+    except (TrainingError, OutputError) as e:
         console.close()
         print(f"error: {e}", file=sys.stderr)
         return 1

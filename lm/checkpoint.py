@@ -9,15 +9,19 @@ Contents (tensors and plain Python values only, so it loads with weights_only=Tr
     config          the full resolved config, Config.to_dict()
     tokenizer       tokenizer state, e.g. {"kind": "char", "chars": "..."}
     best_val_loss   float or None
+    run_id          the run's identity (see lm.rundir)
+    window          running sums of the metrics line in progress (exact metrics across a resume)
 Writes go to a temporary file that is then renamed over the target, so a crash
 mid-save leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,14 +33,42 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
+class _RecordingWriter(io.RawIOBase):
+    """A file wrapper that remembers the OSError of a failed write: torch.save reports such a failure
+    as an opaque RuntimeError, and this keeps the real cause (disk full, file too large, ...)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+
 def save(path: str | Path, payload: dict) -> None:
-    """Atomically write payload to path (temporary file, fsync, rename)."""
+    """Atomically write payload to path (temporary file, fsync, rename).
+
+    A failed write raises OSError (with the system's reason, e.g. ENOSPC) and leaves any previous
+    file at path as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+            writer = _RecordingWriter(f)
+            try:
+                torch.save({"format_version": FORMAT_VERSION, **payload}, writer)
+            except RuntimeError as e:
+                if writer.error is None:
+                    raise
+                raise OSError(writer.error.errno, writer.error.strerror, str(tmp)) from e
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -83,30 +115,35 @@ def load(path: str | Path, map_location="cpu") -> dict:
     return ckpt
 
 
-def load_latest(path: str | Path) -> tuple[Path, dict, list[str]]:
-    """The checkpoint to resume from: ``path`` itself if it is a file; for a run directory, the
-    newest complete one of last.pt and best.pt (a truncated or corrupt one is passed over).
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, read once."""
 
-    Returns (file used, checkpoint, problems met on the way, as messages).
+    path: Path  # the file used
+    ckpt: dict  # its contents
+    problems: list[str] = field(default_factory=list)  # damaged checkpoints passed over, as messages
+
+
+def load_latest(path: str | Path) -> ResumePoint:
+    """The checkpoint to resume from, read once: ``path`` itself if it is a file; for a run directory,
+    last.pt (the newest: it is written at every evaluation and on every stop), or best.pt when
+    last.pt is missing, truncated or corrupt.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint to resume from: {str(path)!r} does not exist")
     if not path.is_dir():
-        return path, load(path), []
-    found, problems = [], []
+        return ResumePoint(path, load(path))
+    problems = []
     for name in ("last.pt", "best.pt"):
         candidate = path / name
         if candidate.exists():
             try:
-                found.append((candidate, load(candidate)))
+                return ResumePoint(candidate, load(candidate), problems)
             except CheckpointError as e:
                 problems.append(str(e))
-    if not found:
-        detail = "; ".join(problems) if problems else "neither last.pt nor best.pt exists"
-        raise CheckpointError(f"no checkpoint to resume from in {str(path)!r}: {detail}")
-    chosen, ckpt = max(found, key=lambda f: f[1]["step"])  # on a tie, last.pt (listed first)
-    return chosen, ckpt, problems
+    detail = "; ".join(problems) if problems else "neither last.pt nor best.pt exists"
+    raise CheckpointError(f"no checkpoint to resume from in {str(path)!r}: {detail}")
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

@@ -53,7 +53,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     # context length: tokens the model sees at once, and the training window length
-    block_size: int = 128
+    block_size: int = 64
     # number of transformer blocks
     num_blocks: int = 4
     # attention heads per block; must divide embedding_dim
@@ -77,14 +77,14 @@ class TrainConfig:
     # directory for checkpoints (last.pt, best.pt), metrics.jsonl and the token cache
     out_dir: str = "out/shakespeare_char"
     # training windows per micro-batch
-    batch_size: int = 32
+    batch_size: int = 64
     # micro-batches whose gradients are summed per optimizer step
     grad_accum: int = 1
     # passes over the data; one epoch = as many windows as the training split has tokens
     epochs: Optional[float] = None
     # optimizer steps; with epochs also set, the run stops at whichever comes first.
-    # With neither set, the run is one epoch.
-    max_iters: Optional[int] = None
+    # A config that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
+    max_iters: Optional[int] = 1200
     # peak learning rate (AdamW)
     lr: float = 2e-3
     # cosine (linear warm-up, cosine decay to min_lr) | noam (linear warm-up, then lr * sqrt(warmup / step))
@@ -106,12 +106,12 @@ class TrainConfig:
     # clip the global gradient norm to this value (0 = no clipping)
     grad_clip: float = 1.0
     # evaluate on train and validation batches every this many steps
-    eval_interval: int = 250
+    eval_interval: int = 200
     # batches per evaluation estimate
-    eval_iters: int = 50
+    eval_iters: int = 20
     # write a metrics line (and update the progress bar) every this many steps
     log_interval: int = 10
-    # seed for initialisation, data order and dropout
+    # seed for initialisation, data order and dropout: an integer in 0 .. 2**63 - 1
     seed: int = 1337
     # auto | cpu | cuda | cuda:N | mps  (auto: cuda, then mps, then cpu)
     device: str = "auto"
@@ -144,6 +144,7 @@ TASKS = ("lm", "copy", "reverse", "sort", "add")
 LR_SCHEDULES = ("cosine", "noam")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SEED_MAX = 2**63 - 1
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -301,6 +302,8 @@ def build(values: dict | None = None, overrides: list[tuple[str, Any]] | None = 
         section, name = dotted.split(".")
         sub = getattr(cfg, section)
         setattr(sub, name, _coerce(name, value, _field_types(type(sub))[name]))
+    if cfg.train.epochs is not None and "train.max_iters" not in flat:
+        cfg.train.max_iters = None  # epochs alone decide the length; the default max_iters does not cut it
     validate(cfg)
     return cfg
 
@@ -310,6 +313,17 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
     values = load_yaml(path) if path is not None else {}
     parsed = [parse_override(o) for o in overrides or []]
     return build(values, parsed, source=str(path) if path else "config")
+
+
+def override_value(overrides: list[str], name: str, default: Any) -> Any:
+    """The value that '--name=value' overrides give one key (bare or dotted), checked for its type
+    only; ``default`` when none sets it. Lets a script read e.g. out_dir before the full config exists."""
+    section = FIELD_SECTION[name]
+    value = default
+    for key, raw in (parse_override(o) for o in overrides):
+        if _split_key(key) == (section, name):
+            value = _coerce(name, raw, _field_types(_SECTION_CLASSES[section])[name])
+    return value
 
 
 def from_dict(d: dict) -> Config:
@@ -361,6 +375,13 @@ def validate(cfg: Config) -> None:
     need(t.lr_schedule in LR_SCHEDULES, "lr_schedule", t.lr_schedule, f"choose one of: {', '.join(LR_SCHEDULES)}")
     need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
          "lr_schedule noam needs warmup_iters > 0")
+    need(t.lr_schedule != "noam" or t.lr_decay_iters is None, "lr_decay_iters", t.lr_decay_iters,
+         "lr_schedule noam decays as 1/sqrt(step) and has no end step; leave lr_decay_iters null "
+         "(it is for the cosine schedule)")
+    need(t.lr_decay_iters is None or t.lr_decay_iters > t.warmup_iters, "lr_decay_iters", t.lr_decay_iters,
+         f"the cosine decay must end after the warm-up: it must be > warmup_iters ({t.warmup_iters}), "
+         f"or null for the run's last step")
+    need(0 <= t.seed <= SEED_MAX, "seed", t.seed, f"it must be an integer in 0 .. {SEED_MAX} (2**63 - 1)")
     need(0.0 <= t.label_smoothing < 1.0, "label_smoothing", t.label_smoothing, "it must be in [0, 1)")
     need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
     need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")

@@ -12,6 +12,7 @@ exactly the same data order, with or without DataLoader worker processes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import urllib.request
@@ -204,11 +205,16 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
 
 
 def seeded_generator(*key: int) -> torch.Generator:
-    """A random generator determined by a tuple of ints, e.g. (seed, stream, batch index).
+    """A random generator determined by a tuple of non-negative ints, e.g. (seed, stream, batch index).
 
-    Python's hash of a tuple of ints is the same in every process and run.
+    The tuple is hashed with BLAKE2b into a 63-bit seed: distinct keys give distinct generators
+    (up to a 2**-63 chance), the same key gives the same generator in every process, run, and
+    version of Python.
     """
-    return torch.Generator().manual_seed(hash(key) & 0x7FFF_FFFF_FFFF_FFFF)
+    if any(k < 0 for k in key):
+        raise ValueError(f"seeded_generator takes non-negative ints, got {key}")
+    digest = hashlib.blake2b(b"".join(k.to_bytes(8, "little") for k in key), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def window_batch(ids: np.ndarray, batch_size: int, block_size: int, seed: int, index: int,
@@ -251,7 +257,10 @@ def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
                 yield index
                 index += 1
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers)
+    # The loader's own generator: without it, starting the workers draws from the global RNG and
+    # shifts every later dropout mask, so a resumed run would differ from an uninterrupted one.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers,
+                                         generator=seeded_generator(seed, stream, start))
     yield from loader
 
 

@@ -13,15 +13,19 @@ import contextlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import checkpoint as ckpt_io
+from . import rundir
+from .checkpoint import ResumePoint
 from .config import Config, ConfigError
 from .device import autocast, resolve_device, resolve_dtype
 from .jobs import make_job, make_model
+from .rundir import OutputError, RunLock, write_failure
 
 Event = Callable[[dict], None]
 
@@ -31,16 +35,19 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """Training stopped on request (should_stop) at a step boundary, after writing last.pt."""
+    """Training stopped on request (should_stop): at a step boundary after writing last.pt, or between
+    phases (data preparation, final evaluation) with the checkpoints as they were."""
 
-    def __init__(self, step: int, path: Path):
-        super().__init__(f"stopped at step {step}; {path} holds it (continue with --resume)")
-        self.step, self.path = step, path
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
 
 
 def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
     text = str(e).lower()
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 @contextlib.contextmanager
@@ -48,7 +55,7 @@ def explain_out_of_memory(cfg: Config, where: str):
     """Turn an allocation failure into a TrainingError that says what to change."""
     try:
         yield
-    except (torch.OutOfMemoryError, RuntimeError) as e:
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
         if not _is_oom(e):
             raise
         t = cfg.train
@@ -107,28 +114,65 @@ def total_steps(cfg: Config, steps_per_epoch: float | None) -> int:
 
 # ----------------------------------------------------------------------------- metrics file
 
+def _is_final(record: dict) -> bool:
+    """The record written at the end of a run (final evaluation), as opposed to a step's line."""
+    return record.get("final") is True or any(k.startswith("final_") for k in record)
+
+
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line. On resume, lines after the resumed step are dropped."""
+    """metrics.jsonl: one JSON object per line.
+
+    A fresh run starts it empty. On resume it is rewritten, atomically and only when the resumed run
+    writes its first line, to the lines of the steps up to the checkpoint's, without the final record
+    of an earlier end of the run (and without a line cut short by a crash): a resumed run's file
+    equals an uninterrupted run's but for timings, and a resume that fails early changes nothing.
+    """
 
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
-            path.write_text("")
-        elif path.exists():
-            kept = []
-            for line in path.read_text().splitlines():
+        self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
+        if resume_step is not None and path.exists():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:  # a line cut short by a crash
                     continue
-                if record.get("step", 0) <= resume_step:
-                    kept.append(line)
-            path.write_text("".join(line + "\n" for line in kept))
+                if isinstance(record, dict) and record.get("step", 0) <= resume_step and not _is_final(record):
+                    self.kept.append(line)
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            if self.kept is not None:
+                rundir.write_atomic(self.path, "".join(k + "\n" for k in self.kept) + line)
+                self.kept = None
+            else:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(line)
+        except OSError as e:
+            raise write_failure(self.path, e, "the checkpoints are intact; --resume continues from the last one") \
+                from None
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last metrics line; the line reports their mean loss and throughput.
+    Saved in every checkpoint, so a line that spans a resume averages the same steps as without one."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.loss, self.steps = self.loss + loss, self.steps + 1
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+
+    def flush(self) -> tuple[float, float]:
+        """(mean training loss, tokens per second) of the window, which then starts again empty."""
+        out = self.loss / self.steps, self.tokens / self.seconds
+        self.loss, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+        return out
 
 
 # ----------------------------------------------------------------------------- resume helpers
@@ -158,35 +202,27 @@ def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, obj
     return [(k, a, b) for k, a, b in changes if k != "model.vocab_size"]
 
 
-# ----------------------------------------------------------------------------- the loop
+def resume_point(resume: bool | str | Path | ResumePoint, out_dir: Path) -> ResumePoint | None:
+    """The checkpoint to continue: given (read by the caller), out_dir's newest (True), or a path's."""
+    if isinstance(resume, ResumePoint):
+        return resume
+    if resume is True:
+        return ckpt_io.load_latest(out_dir)
+    return ckpt_io.load_latest(resume) if resume else None
 
-def train(cfg: Config, *, resume: bool | str | Path = False, overwrite: bool = False,
-          on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train as configured (see the module docstring); returns a summary dict.
 
-    resume: True continues the run in out_dir (its newest complete checkpoint); a path continues
-    from that checkpoint file or run directory, writing to out_dir. overwrite: start afresh even
-    if out_dir already holds a run (otherwise refused). should_stop: polled after every step;
-    when it returns True, last.pt is written and Interrupted is raised.
-    """
-    emit = on_event or (lambda event: None)
-    t = cfg.train
-    out_dir = Path(t.out_dir)
+def _describe_vocab(state: dict) -> str:
+    if state.get("kind") == "char":
+        return f"{len(state['chars'])} characters"
+    return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
 
-    # --- restore: a resumed run takes model, optimizer, step and RNG state from a checkpoint
-    saved = None
-    if resume:
-        path, saved, problems = ckpt_io.load_latest(out_dir if resume is True else resume)
-        changes = check_resume_config(saved["config"], cfg)
-        emit({"event": "resume", "path": str(path), "step": saved["step"], "changed": changes, "skipped": problems})
-    elif (out_dir / "last.pt").exists() and not overwrite:
-        raise ConfigError(f"out_dir {str(out_dir)!r} already holds a run (last.pt); continue it with --resume, "
-                          f"choose another --out_dir, or pass --overwrite to start over and replace it")
-    if out_dir.is_dir():
-        ckpt_io.remove_stale_temporaries(out_dir)
 
-    # --- data: the corpus (encoded once into a cache in out_dir) or the task's generator
-    job = make_job(cfg, saved, out_dir, emit)
+def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
+    """The job (data or task) for cfg; sets cfg.model.vocab_size from it. A resumed run must keep its vocabulary."""
+    try:
+        job = make_job(cfg, saved, out_dir, emit)
+    except OSError as e:  # writing the token cache
+        raise write_failure(out_dir / "data", e) from None
     if saved and saved["tokenizer"] != job.vocab.state():
         raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
                           f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
@@ -194,118 +230,223 @@ def train(cfg: Config, *, resume: bool | str | Path = False, overwrite: bool = F
         raise ConfigError(f"vocab_size: {cfg.model.vocab_size} does not match the data's {job.vocab.vocab_size} "
                           f"symbols; leave it at 0 to take it from the data")
     cfg.model.vocab_size = job.vocab.vocab_size
+    return job
 
-    # --- model and optimizer
-    device = resolve_device(t.device)
-    dtype = resolve_dtype(t.dtype, device)
-    torch.manual_seed(t.seed)
-    model = make_model(cfg).to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, best_val, elapsed = 0, float("inf"), 0.0
-    if saved:
-        ckpt_io.load_weights(model, saved, path)
-        optimizer.load_state_dict(saved["optimizer"])
-        if "scaler" in saved:
-            scaler.load_state_dict(saved["scaler"])
-        ckpt_io.set_rng_state(saved["rng"])
-        step, elapsed = saved["step"], saved.get("elapsed_s", 0.0)
-        best_val = saved["best_val_loss"] if saved["best_val_loss"] is not None else float("inf")
-    n_steps = total_steps(cfg, job.steps_per_epoch())
-    emit({"event": "start", "params": model.num_params(), "flops_per_token": model.flops_per_token(),
-          "device": str(device), "dtype": str(dtype).replace("torch.", ""), "total_steps": n_steps,
-          "start_step": step, "config": cfg.to_dict()})
-    metrics = MetricsLog(out_dir / "metrics.jsonl", saved["step"] if saved else None)
 
-    def save(name: str) -> None:
-        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+# ----------------------------------------------------------------------------- the state of a run
+
+class Run:
+    """What a training run holds between steps, and what its checkpoints save and restore:
+    model, optimizer, gradient scaler, step, best validation loss, training time, metrics window."""
+
+    def __init__(self, cfg: Config, job, run_id: str, out_dir: Path):
+        t = cfg.train
+        self.cfg, self.job, self.run_id, self.out_dir = cfg, job, run_id, out_dir
+        self.device = resolve_device(t.device)
+        self.dtype = resolve_dtype(t.dtype, self.device)
+        with explain_out_of_memory(cfg, "while building the model and moving it to the device"):
+            torch.manual_seed(t.seed)
+            self.model = make_model(cfg).to(self.device)
+            self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step, self.best_val, self.elapsed, self.window = 0, float("inf"), 0.0, Window()
+
+    def restore(self, point: ResumePoint) -> None:
+        """Continue exactly where the checkpoint left off (weights, optimizer, RNG, step, metrics window)."""
+        ckpt = point.ckpt
+        ckpt_io.load_weights(self.model, ckpt, point.path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        ckpt_io.set_rng_state(ckpt["rng"])
+        self.step, self.elapsed = ckpt["step"], ckpt.get("elapsed_s", 0.0)
+        self.best_val = ckpt["best_val_loss"] if ckpt["best_val_loss"] is not None else float("inf")
+        self.window = Window(**ckpt.get("window", {}))
+
+    def save(self, name: str) -> None:
+        """Write out_dir/name atomically; the previous file stays whole if anything fails."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
-            raise TrainingError(f"the weights became non-finite by step {step} ({', '.join(bad[:3])}...); "
-                                f"no checkpoint was written. Try a lower lr (now {t.lr}) or gradient clipping.")
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                   "rng": ckpt_io.rng_state(), "config": cfg.to_dict(), "tokenizer": job.vocab.state(),
-                   "best_val_loss": None if best_val == float("inf") else best_val, "elapsed_s": elapsed}
-        if scaler.is_enabled():
-            payload["scaler"] = scaler.state_dict()
-        ckpt_io.save(out_dir / name, payload)
+            raise TrainingError(f"the weights became non-finite by step {self.step} ({', '.join(bad[:3])}...); "
+                                f"no checkpoint was written. Try a lower lr (now {self.cfg.train.lr}) or gradient "
+                                f"clipping.")
+        payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                   "rng": ckpt_io.rng_state(), "config": self.cfg.to_dict(), "tokenizer": self.job.vocab.state(),
+                   "best_val_loss": None if self.best_val == float("inf") else self.best_val,
+                   "elapsed_s": self.elapsed, "run_id": self.run_id, "window": vars(self.window).copy()}
+        if self.scaler.is_enabled():
+            payload["scaler"] = self.scaler.state_dict()
+        path = self.out_dir / name
+        with explain_out_of_memory(self.cfg, f"while saving {path}"):
+            try:
+                ckpt_io.save(path, payload)
+            except OSError as e:
+                kept = f"the previous {name} is intact" if path.exists() else f"no {name} was written"
+                raise write_failure(path, e, kept) from None
 
-    def evaluate_and_save() -> tuple[dict, bool]:
-        nonlocal best_val
-        with explain_out_of_memory(cfg, f"while evaluating at step {step}"):
-            result = job.evaluate(model, device, dtype)
-        improved = result["val_loss"] < best_val
-        best_val = min(best_val, result["val_loss"])
-        save("last.pt")
+    def evaluate(self) -> dict:
+        with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
+            return self.job.evaluate(self.model, self.device, self.dtype)
+
+    def save_evaluated(self, val_loss: float) -> bool:
+        """Checkpoint an evaluated step: last.pt, and best.pt when the validation loss is the lowest yet."""
+        improved = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        self.save("last.pt")
         if improved:
-            save("best.pt")
-        return result, improved
+            self.save("best.pt")
+        return improved
 
-    batches = job.batches(start=step * t.grad_accum)
-    window_loss, window_steps, window_time, window_tokens = 0.0, 0, 0.0, 0
-    model.train()
-    while step < n_steps:
-        t0 = time.perf_counter()
-        # --- learning rate for this step
-        lr = lr_at(step, cfg, n_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        # --- forward and backward over grad_accum micro-batches (gradients are summed)
-        step_loss = 0.0
-        with explain_out_of_memory(cfg, f"at training step {step + 1}"):
-            for _ in range(t.grad_accum):
-                with autocast(device, dtype):
-                    loss, n_tokens = job.loss(model, next(batches), device)
-                scaler.scale(loss / t.grad_accum).backward()
-                step_loss += loss.item() / t.grad_accum
-                window_tokens += n_tokens
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
+    """One optimizer step at learning rate lr: grad_accum micro-batches forward and backward (gradients
+    summed), then clip and update. Returns (mean loss, tokens seen).
+
+    Raises TrainingError, before the weights change, when the loss or the gradients' norm is not finite.
+    """
+    cfg, t = run.cfg, run.cfg.train
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    step_loss, tokens = 0.0, 0
+    with explain_out_of_memory(cfg, f"at training step {run.step + 1}"):
+        # --- forward and backward over grad_accum micro-batches
+        for _ in range(t.grad_accum):
+            with autocast(run.device, run.dtype):
+                loss, n = run.job.loss(run.model, next(batches), run.device)
+            run.scaler.scale(loss / t.grad_accum).backward()
+            step_loss += loss.item() / t.grad_accum
+            tokens += n
         if not math.isfinite(step_loss):
-            optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"the training loss became {step_loss} at step {step + 1}; the weights were not "
+            run.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the training loss became {step_loss} at step {run.step + 1}; the weights were not "
                                 f"updated and no checkpoint was written from this step. Try a lower lr "
                                 f"(now {t.lr}), a smaller grad_clip, or dtype: float32.")
-        # --- clip and update
+        # --- gradient norm (clipped when grad_clip > 0), checked before any update
+        run.scaler.unscale_(run.optimizer)
+        params = [p for p in run.model.parameters() if p.grad is not None]
         if t.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        window_loss, window_steps, window_time = window_loss + step_loss, window_steps + 1, window_time + dt
-        emit({"event": "step", "step": step, "loss": step_loss, "lr": lr})
-
-        # --- log and evaluate (evaluation time is not counted in elapsed_s)
-        is_eval = step % t.eval_interval == 0 or step == n_steps
-        if step % t.log_interval == 0 or is_eval:
-            record = {"step": step, "train_loss": window_loss / window_steps, "lr": lr,
-                      "tokens_per_sec": window_tokens / window_time, "elapsed_s": elapsed}
-            window_loss, window_steps, window_time, window_tokens = 0.0, 0, 0.0, 0
-            if is_eval:
-                result, improved = evaluate_and_save()
-                record.update(result)
-                emit({"event": "eval", **record, "best": improved})
-            metrics.write(record)
-            emit({"event": "log", **record})
-
-        # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
-        if should_stop is not None and should_stop() and step < n_steps:
-            if not is_eval:
-                save("last.pt")
-            raise Interrupted(step, out_dir / "last.pt")
-
-    # --- final evaluation: the whole validation split (lm) or the held-out sets (tasks)
-    with explain_out_of_memory(cfg, "in the final evaluation"):
-        final = {"step": step, **job.final(model, device, dtype), "elapsed_s": elapsed}
-    metrics.write(final)
-    emit({"event": "final", **final, "best_val_loss": best_val, "out_dir": str(out_dir)})
-    return {**final, "best_val_loss": best_val, "total_steps": n_steps}
+            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not math.isfinite(norm.item()) and not run.scaler.is_enabled():  # float16's scaler skips such steps
+            run.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the gradients became non-finite (norm {norm.item()}) at step {run.step + 1} while the "
+                                f"loss was finite ({step_loss:.4f}); the weights were not updated and no checkpoint "
+                                f"was written from this step. Try a lower lr (now {t.lr}) or dtype: float32.")
+        # --- update
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+    return step_loss, tokens
 
 
-def _describe_vocab(state: dict) -> str:
-    if state.get("kind") == "char":
-        return f"{len(state['chars'])} characters"
-    return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
+# ----------------------------------------------------------------------------- the loop
+
+def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overwrite: bool = False,
+          on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train as configured (see the module docstring); returns a summary dict.
+
+    resume: True continues the run in out_dir (its newest complete checkpoint); a path continues from
+    that checkpoint file or run directory, writing to out_dir; a ResumePoint is a checkpoint already
+    read. overwrite: a fresh run replaces the run in out_dir (otherwise refused); with a resume path,
+    the continuation replaces another run in out_dir. should_stop: polled after every step and between
+    phases; when it returns True, last.pt covers the latest completed step and Interrupted is raised.
+    """
+    emit = on_event or (lambda event: None)
+    stop = should_stop or (lambda: False)
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    if resume is True and overwrite:
+        raise ConfigError("resume (continue the run in out_dir) and overwrite (replace it) contradict each other")
+
+    # --- restore (1/2): the checkpoint to continue, read once; its model must be this config's
+    point = resume_point(resume, out_dir)
+    changes = check_resume_config(point.ckpt["config"], cfg) if point else []
+    with RunLock(out_dir):
+        info, clear = rundir.claim(out_dir, point.path if point else None, point.ckpt if point else None, overwrite)
+        ckpt_io.remove_stale_temporaries(out_dir)
+        if point:
+            emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
+                  "skipped": point.problems})
+
+        # --- data: the corpus (encoded once into a cache in out_dir) or the task's generator
+        job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
+        if stop():
+            raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
+                              "training; nothing of the run was changed")
+        rundir.start(out_dir, info, clear)
+
+        # --- model and optimizer, and (restore 2/2) their state at the checkpoint
+        run = Run(cfg, job, info["run_id"], out_dir)
+        if point:
+            run.restore(point)
+        n_steps = total_steps(cfg, job.steps_per_epoch())
+        emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
+              "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""), "total_steps": n_steps,
+              "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
+        metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None)
+
+        # --- steps, with a metrics line every log_interval and an evaluation every eval_interval
+        batches = job.batches(start=run.step * t.grad_accum)
+        run.model.train()
+        while run.step < n_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(run.step, cfg, n_steps)
+            loss, tokens = train_step(run, batches, lr)
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            run.step, run.elapsed = run.step + 1, run.elapsed + dt
+            run.window.add(loss, tokens, dt)
+            emit({"event": "step", "step": run.step, "loss": loss, "lr": lr})
+
+            # --- log and evaluate (evaluation time is not counted in elapsed_s)
+            at_eval = run.step % t.eval_interval == 0
+            if at_eval or run.step % t.log_interval == 0:
+                train_loss, tokens_per_sec = run.window.flush()
+                record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                          "elapsed_s": run.elapsed}
+                if at_eval:
+                    record.update(run.evaluate())
+                metrics.write(record)
+                if at_eval:
+                    emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
+                emit({"event": "log", **record})
+
+            # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
+            if stop() and run.step < n_steps:
+                if not at_eval:
+                    run.save("last.pt")
+                raise Interrupted(run.step, f"stopped at step {run.step}; {out_dir / 'last.pt'} holds it "
+                                            f"(continue with --resume)")
+
+        # --- end: checkpoint the last step (evaluated), then the final evaluation
+        return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Callable[[], bool]) -> dict:
+    """Evaluate and checkpoint the last step (unless its evaluation was on schedule), then run the final
+    evaluation: the whole validation split (lm) or the held-out sets (tasks). One record in metrics.jsonl,
+    marked "final" (a resume past this point drops it)."""
+    record = {"step": run.step, "final": True}
+    if run.step % run.cfg.train.eval_interval != 0:
+        if run.window.steps:  # the steps since the last metrics line (the window stays in the checkpoint)
+            record["train_loss"] = run.window.loss / run.window.steps
+        record.update(run.evaluate())
+        emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
+    last = run.out_dir / "last.pt"
+    if stop():
+        raise Interrupted(run.step, f"stopped before the final evaluation; {last} holds step {run.step} "
+                                    f"(--resume runs the final evaluation)")
+    with explain_out_of_memory(run.cfg, "in the final evaluation"):
+        final = run.job.final(run.model, run.device, run.dtype)
+    if stop():
+        raise Interrupted(run.step, f"stopped during the final evaluation; {last} holds step {run.step} "
+                                    f"(--resume runs the final evaluation)")
+    record.update(final)
+    record["elapsed_s"] = run.elapsed
+    metrics.write(record)
+    emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(run.out_dir)})
+    return {**record, "best_val_loss": run.best_val, "total_steps": n_steps}

@@ -3,65 +3,17 @@
 Each test drives the real command-line programs where a user would, and is bounded in time.
 """
 
-import hashlib
-import json
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from conftest import ROOT, RunsCode
-from lm import checkpoint, config
-from lm.trainer import Interrupted, train
-
-TIMEOUT = 120
-
-
-def cli(script, *args, cwd=None, timeout=TIMEOUT):
-    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def popen(script, *args):
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def tiny(corpus, out, *extra):
-    """Arguments for a small, fast CPU run."""
-    return [f"--data_path={corpus}", f"--out_dir={out}", "--block_size=16", "--batch_size=4", "--num_blocks=1",
-            "--num_heads=2", "--embedding_dim=16", "--eval_iters=1", "--log_interval=1", "--warmup_iters=2",
-            "--device=cpu", *extra]
-
-
-def losses(out_dir):
-    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-
-
-def snapshot(directory):
-    return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def wait_for(predicate, proc, what, limit=60.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended (code {proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
-
-
-def all_finite(ckpt):
-    return all(torch.isfinite(v).all() for v in ckpt["model"].values())
-
+from helpers import TIMEOUT, all_finite, cli, losses, popen, same_weights, snapshot, tiny, wait_for
+from lm import checkpoint
 
 # 1. --------------------------------------------------------------------------------------------------------
 
@@ -138,24 +90,23 @@ def test_signal_checkpoints_at_a_step_boundary_and_resume_matches(small_corpus, 
 # 3. --------------------------------------------------------------------------------------------------------
 
 def test_exact_resume_with_dropout_twice_from_one_checkpoint(small_corpus, tmp_path):
-    def cfg(out):
-        return config.load(None, tiny(small_corpus, out, "--dropout=0.2", "--max_iters=12", "--eval_interval=5"))
-
+    """Through the real train.py: 12 steps straight == 6 steps, then --resume to 12, done twice from copies
+    of one run directory (dropout on, the break in the middle of an evaluation interval)."""
+    args = ["--dropout=0.2", "--eval_interval=5", "--lr_decay_iters=12"]
     straight = tmp_path / "straight"
-    train(cfg(straight))
+    assert cli("train.py", *tiny(small_corpus, straight, *args, "--max_iters=12")).returncode == 0
 
     first = tmp_path / "first"
-    calls = iter(range(100))
-    with pytest.raises(Interrupted) as e:
-        train(cfg(first), should_stop=lambda: next(calls) >= 5)  # stop after step 6, mid-interval
-    assert e.value.step == 6
+    assert cli("train.py", *tiny(small_corpus, first, *args, "--max_iters=6")).returncode == 0
+    assert checkpoint.load(first / "last.pt")["step"] == 6
     second = tmp_path / "second"
     shutil.copytree(first, second)
     for run in (first, second):
-        train(cfg(run), resume=True)
+        r = cli("train.py", "--resume", f"--out_dir={run}", "--max_iters=12")
+        assert r.returncode == 0, r.stderr
+        assert "at step 6" in r.stdout
         assert losses(run) == losses(straight)
-        a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(run / "last.pt")
-        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert same_weights(checkpoint.load(straight / "last.pt"), checkpoint.load(run / "last.pt"))
 
 
 # 4. --------------------------------------------------------------------------------------------------------

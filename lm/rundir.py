@@ -1,0 +1,200 @@
+"""The run directory (``out_dir``): one run at a time, one run per directory, nothing lost.
+
+    .lock          held (flock) by the one training process using the directory; removed on exit
+    run.json       the run's identity: {"run_id", "created", "resumed_from"}; every checkpoint carries run_id
+    last.pt, best.pt, metrics.jsonl     the run's files (RUN_FILES), never mixed with another run's
+    data/          the token cache, keyed by the corpus, not by the run
+
+A fresh run gets a new run id. Resuming continues the run whose id the checkpoint carries; into a
+directory holding another run it is refused (``--overwrite`` replaces that run). A continuation of a
+checkpoint into a new directory is a new run that records where it came from.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+RUN_INFO = "run.json"
+LOCK = ".lock"
+CHECKPOINTS = ("last.pt", "best.pt")
+RUN_FILES = (*CHECKPOINTS, "metrics.jsonl", RUN_INFO)
+
+
+class RunDirError(ValueError):
+    """out_dir cannot be used for this run (in use, or holding another run); the message says what to do."""
+
+
+class OutputError(RuntimeError):
+    """Writing to out_dir failed (read-only, not a directory, disk full); the message names the path."""
+
+
+def write_failure(path: str | Path, e: OSError, kept: str = "") -> OutputError:
+    """An OutputError naming the path, the system's reason and what was kept."""
+    reason = e.strerror or str(e)
+    where = e.filename or path
+    return OutputError(f"cannot write {str(where)!r}: {reason} (errno {e.errno}: {errno.errorcode.get(e.errno, '?')})"
+                       + (f"; {kept}" if kept else ""))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file, flush it to disk, and rename it over path: never half-written."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class RunLock:
+    """Exclusive use of out_dir by one process: ``with RunLock(out_dir): ...``.
+
+    The lock is an advisory file lock (flock) on out_dir/.lock, released by the operating system when
+    the process ends however it ends, so a killed run never blocks the next one.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_failure(self.out_dir, e, "out_dir must be a directory this user can create and write")
+        if not self.out_dir.is_dir():
+            raise OutputError(f"out_dir {str(self.out_dir)!r} is not a directory")
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise write_failure(self.path, e, "out_dir must be writable")
+            if not _try_lock(fd):
+                holder = _read_pid(fd)
+                os.close(fd)
+                raise RunDirError(f"out_dir {str(self.out_dir)!r} is in use by another training process"
+                                  f"{f' (pid {holder})' if holder else ''}; wait for it to finish, stop it, "
+                                  f"or choose another --out_dir")
+            # the holder before us may have removed the file between our open and our lock: lock the live file
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return True
+    except OSError:
+        return False
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip()
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return ""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def read_info(out_dir: Path) -> dict | None:
+    """run.json of out_dir, or None when there is none (or it is unreadable)."""
+    try:
+        info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("run_id"), str) else None
+
+
+def holds_run(out_dir: Path) -> bool:
+    """True when out_dir holds any file of a run."""
+    return any((out_dir / name).exists() for name in RUN_FILES)
+
+
+def _describe(out_dir: Path, info: dict | None) -> str:
+    if info is None:
+        return f"{str(out_dir)!r} holds a run with no run id (written by an older version of lm)"
+    return f"{str(out_dir)!r} holds run {info['run_id']}"
+
+
+def claim(out_dir: Path, resume_path: Path | None, resume_ckpt: dict | None, overwrite: bool) -> tuple[dict, bool]:
+    """Decide whose run out_dir is about to hold; refuse to mix runs. Writes nothing.
+
+    Returns (run info to write in run.json, whether the files of the run now in out_dir must be removed).
+    """
+    existing = read_info(out_dir)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    fresh = {"run_id": new_run_id(), "created": now, "resumed_from": None}
+    if resume_ckpt is None:
+        if any((out_dir / name).exists() for name in CHECKPOINTS) and not overwrite:
+            raise RunDirError(f"out_dir {str(out_dir)!r} already holds a run (last.pt / best.pt); continue it with "
+                              f"--resume, choose another --out_dir, or pass --overwrite to start over and replace it")
+        return fresh, holds_run(out_dir)
+    ckpt_id = resume_ckpt.get("run_id")
+    if existing is not None and ckpt_id is not None and existing["run_id"] == ckpt_id:
+        return existing, False  # the same run, in its own directory (or a copy of it)
+    own_dir = resume_path is not None and resume_path.resolve().parent == out_dir.resolve()
+    if existing is None and own_dir:
+        # a run of an older version, resumed in place: adopt it
+        return {"run_id": ckpt_id or fresh["run_id"], "created": now, "resumed_from": None}, False
+    forked = {**fresh, "resumed_from": {"run_id": ckpt_id, "checkpoint": str(resume_path),
+                                        "step": resume_ckpt.get("step")}}
+    if not holds_run(out_dir):
+        return forked, False  # a continuation into a new directory: a new run that says where it came from
+    if overwrite:
+        return forked, True
+    theirs = f"run {ckpt_id}" if ckpt_id else "a run with no run id"
+    raise RunDirError(f"cannot resume: out_dir {_describe(out_dir, existing)}, not the run of the checkpoint "
+                      f"{str(resume_path)!r} ({theirs}); resuming would mix the two runs' metrics and checkpoints. "
+                      f"Continue the checkpoint into another directory with --out_dir=..., or pass --overwrite to "
+                      f"replace the run in {str(out_dir)!r}")
+
+
+def start(out_dir: Path, info: dict, clear: bool) -> None:
+    """Make out_dir the home of this run: remove the previous run's files (clear) and write run.json."""
+    try:
+        if clear:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        write_atomic(out_dir / RUN_INFO, json.dumps(info, indent=1) + "\n")
+    except OSError as e:
+        raise write_failure(out_dir / RUN_INFO, e)
