@@ -7,11 +7,17 @@ Seq2seq task: print the model's output for one source sequence (greedy, or beam 
     python sample.py --checkpoint out/reverse/best.pt --input "5 7 9 2" [--beam 4]
 
 Needs nothing but the checkpoint: the model's config and vocabulary are inside it.
+
+Exit codes: 0 done; 2 a bad setting, input or checkpoint (the message says which); 130 stopped
+by Ctrl-C (SIGINT); 141 (128 + SIGPIPE, what a shell reports for a program killed by SIGPIPE)
+when the reader of stdout went away, e.g. `python sample.py ... | head -c 100`. Both stops are
+quiet: no traceback, and no "Exception ignored" from the final flush of the closed pipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,6 +31,8 @@ from lm.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 
 
 def parse_args(argv):
@@ -88,6 +96,31 @@ def sample_text(args, model, tokenizer, cfg, device) -> int:
     return 0
 
 
+def input_length(task, symbols: list[int]) -> int:
+    """The length of a parsed source as training counts it (lm.tasks): its number of symbols, or
+    for add the number of digits of the longer operand (leading zeros not counted)."""
+    if task.name != "add":
+        return len(symbols)
+    plus = symbols.index(task.plus)
+
+    def digits(number: list[int]) -> int:  # least significant digit first, zero-padded to the width
+        return max((i + 1 for i, d in enumerate(number) if d), default=1)
+
+    return max(digits(symbols[:plus]), digits(symbols[plus + 1:]))
+
+
+def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
+    """Say on stderr when the source's length is outside the lengths the model was trained on:
+    the output is still produced, but is then likely wrong."""
+    n, lo, hi = input_length(task, symbols), cfg.data.min_len, cfg.data.max_len
+    if lo <= n <= hi:
+        return
+    what = "digits in the longer number" if task.name == "add" else "symbols"
+    side = "longer" if n > hi else "shorter"
+    print(f"warning: the input has length {n} ({what}), {side} than the lengths {lo}..{hi} this model was "
+          f"trained on; its output is likely wrong", file=sys.stderr)
+
+
 def transduce(args, model, task, cfg, device) -> int:
     """Seq2seq task: decode the output for one source sequence and print it."""
     if args.input is None:
@@ -97,7 +130,9 @@ def transduce(args, model, task, cfg, device) -> int:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
         raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
-    src_ids = task.to_ids(task.parse(args.input))
+    symbols = task.parse(args.input)
+    warn_if_untrained_length(task, symbols, cfg)
+    src_ids = task.to_ids(symbols)
     if len(src_ids) > cfg.model.block_size:
         raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {cfg.model.block_size}")
     src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
@@ -115,16 +150,31 @@ def transduce(args, model, task, cfg, device) -> int:
     return 0
 
 
-def main(argv) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
     try:
         device = resolve_device(args.device)
         model, vocab, cfg = load_model(args.checkpoint, device)
-        run = sample_text if cfg.data.task == "lm" else transduce
-        return run(args, model, vocab, cfg, device)
+        job = sample_text if cfg.data.task == "lm" else transduce
+        return job(args, model, vocab, cfg, device)
     except (ValueError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    try:
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's final flush
+        return code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader is gone: point stdout at devnull so the final flush of what is still buffered
+        # does not fail again ("Exception ignored ... BrokenPipeError") at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -121,43 +121,91 @@ def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
     return ((5.0 + length.float()) / 6.0) ** alpha
 
 
+def _future_bound(live_scores: torch.Tensor, length: int, max_len: int, alpha: float) -> torch.Tensor:
+    """The best normalised score any continuation of live hypotheses of `length` tokens could reach.
+
+    A continuation finishing at length L in length+1..max_len scores s' <= s <= 0 (log-probabilities
+    only add terms <= 0), so s' / lp(L) <= s / max_L lp(L); lp is monotonic, so the max is at an end.
+    """
+    lp = torch.tensor([length + 1, max_len], device=live_scores.device)
+    return live_scores / length_penalty(lp, alpha).max()
+
+
 @torch.no_grad()
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int, bos: int, eos: int,
                 pad: int, beam: int = 4, alpha: float = 0.6, use_cache: bool = True) -> torch.Tensor:
-    """Keep the `beam` most probable prefixes per source; return the best finished hypothesis,
-    ranked by log P(Y | X) / lp(Y). Returns (B, L) tokens (EOS included, PAD after it).
+    """Beam search for argmax_Y log P(Y | X) / lp(Y), with lp(Y) = ((5 + |Y|) / 6) ** alpha (GNMT).
 
-    Beams are rows of one (B * beam) batch; after each step the cache follows the surviving beams.
+    Per source, `beam` (K) live (unfinished) hypotheses. At step t every live hypothesis is extended
+    by every token, and the K best extensions by log P are taken (all have t tokens, so this is also
+    their order by normalised score). Those that end in EOS leave the beam and become finished
+    hypotheses, scored log P / lp(t); the live slots go to the K best extensions without EOS, so
+    finished hypotheses never hold a slot. A source stops when no live hypothesis can beat its best
+    finished one (see _future_bound), or at max_len tokens. K = 1 with alpha = 0 is greedy decoding;
+    a K at least the number of extensions at every step searches exhaustively.
+
+    src: (B, S). Returns (B, L): per source the best finished hypothesis by normalised score (the
+    best live one if none finished), EOS included, PAD after it. The K live hypotheses of all
+    sources are rows of one (B * K) batch; after each step the cache follows the surviving rows.
     """
-    model.eval()
+    if beam < 1:
+        raise ValueError(f"beam {beam} is not allowed; it must be >= 1")
     B, K = src.size(0), beam
+    if max_len < 1:
+        return src.new_full((B, 0), pad)
+    model.eval()
     device = src.device
     memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # (B*K, S, C)
     mask = src_mask.repeat_interleave(K, dim=0) if src_mask is not None else None  # (B*K, S)
-    ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
-    scores = torch.zeros(B, K, device=device)
-    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-    finished = torch.zeros(B * K, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B * K, dtype=torch.long, device=device)
+    ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)  # live hypotheses, BOS first
+    scores = torch.full((B, K), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # all K start as the same empty hypothesis: expand only the first
+    best = torch.full((B,), float("-inf"), device=device)  # best finished normalised score per source
+    best_out = torch.full((B, max_len), pad, dtype=torch.long, device=device)  # and its tokens
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    first = torch.arange(B, device=device)[:, None] * K  # (B, 1) row of each source's first hypothesis
     cache = model.new_cache() if use_cache else None
-    for _ in range(max_len):
+    for t in range(1, max_len + 1):
         logp = torch.log_softmax(_decoder_step(model, ys, memory, mask, cache), dim=-1)  # (B*K, V)
         V = logp.size(-1)
-        # a finished beam may only continue with PAD, at no cost
-        logp[finished] = float("-inf")
-        logp[finished, pad] = 0.0
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
-        scores, flat = candidates.topk(K, dim=-1)  # (B, K)
-        rows = (torch.arange(B, device=device)[:, None] * K + flat // V).view(-1)  # surviving beams (B*K,)
-        tokens = (flat % V).view(-1)
-        ys = torch.cat([ys[rows], tokens[:, None]], dim=1)
-        lengths = lengths[rows] + (~finished[rows]).long()
-        finished = finished[rows] | (tokens == eos)
+        # at most K extensions end in EOS (one per live hypothesis): the 2K best hold K without EOS
+        top, flat = candidates.topk(min(2 * K, K * V), dim=-1)  # (B, 2K), best first
+        token, parent = flat % V, flat // V  # (B, 2K)
+        is_eos = token == eos
+
+        # finished: EOS among the K best extensions, if it beats the source's best so far
+        ranked = torch.arange(top.size(1), device=device) < K  # (2K,)
+        fin = torch.where(is_eos & ranked, top / length_penalty(torch.tensor(t), alpha), float("-inf"))
+        fin_best, j = fin.max(dim=-1)  # (B,)
+        better = (fin_best > best) & ~done
+        if better.any():
+            rows = (first[:, 0] + parent[torch.arange(B, device=device), j])[better]
+            out = torch.full((int(better.sum()), max_len), pad, dtype=torch.long, device=device)
+            out[:, : t - 1] = ys[rows, 1:]
+            out[:, t - 1] = eos
+            best_out[better] = out
+            best = torch.where(better, fin_best, best)
+
+        # live: the K best extensions without EOS, in order (a stable sort moves the EOS ones last)
+        keep = torch.sort(is_eos.to(torch.uint8), dim=-1, stable=True).indices[:, :K]  # (B, K)
+        scores = top.gather(1, keep)  # (B, K)
+        tokens = token.gather(1, keep).masked_fill(scores == float("-inf"), pad)  # (B, K); PAD on dead slots
+        rows = (first + parent.gather(1, keep)).view(-1)  # (B*K,) the surviving hypotheses' rows
+        ys = torch.cat([ys[rows], tokens.view(-1, 1)], dim=1)  # (B*K, t + 1)
         if cache is not None:
             for layer in cache:
                 layer.reorder(rows)
-        if finished.all():
+
+        if t < max_len:
+            done |= best >= _future_bound(scores.max(dim=-1).values, t, max_len, alpha)
+        if done.all():
             break
-    normalised = scores.view(-1) / length_penalty(lengths, alpha)
-    best = normalised.view(B, K).argmax(-1)  # (B,)
-    return ys.view(B, K, -1)[torch.arange(B, device=device), best, 1:]
+    # a source with no finished hypothesis returns its best live one
+    none = best == float("-inf")
+    if none.any():
+        live = ys.view(B, K, -1)[torch.arange(B, device=device), scores.argmax(-1), 1:]  # (B, t)
+        best_out[none, : live.size(1)] = live[none]
+    ends = best_out == eos  # (B, max_len)
+    lengths = torch.where(ends.any(-1), ends.int().argmax(-1) + 1, t)  # up to and including the first EOS
+    return best_out[:, : int(lengths.max())]

@@ -162,8 +162,9 @@ class Seq2SeqJob:
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         src, src_mask, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in batch)
+        # label smoothing never puts probability on PAD or BOS: neither is ever a right output
         _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
-                        label_smoothing=self.cfg.train.label_smoothing)
+                        label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS))
         return loss, int(src_mask.sum() + (tgt_out != PAD).sum())
 
     @torch.no_grad()

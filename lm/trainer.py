@@ -60,11 +60,12 @@ def explain_out_of_memory(cfg: Config, where: str):
             raise
         t = cfg.train
         half = max(1, t.batch_size // 2)
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:160]
         raise TrainingError(
             f"out of memory {where} (batch_size {t.batch_size}, block_size {cfg.model.block_size}, "
             f"embedding_dim {cfg.model.embedding_dim}): use a smaller batch_size, e.g. --batch_size={half} "
             f"--grad_accum={t.grad_accum * t.batch_size // half} for the same effective batch, or a smaller "
-            f"model or block_size. Checkpoints already written are untouched. ({str(e).splitlines()[0][:160]})"
+            f"model or block_size. Checkpoints already written are untouched. ({detail})"
         ) from None
 
 

@@ -1,9 +1,11 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lm.config import ModelConfig
 from lm.generate import generate
-from lm.nn import GPT, Block, MultiHeadAttention, build_mask, make_positional
+from lm.nn import GPT, Block, EncoderDecoder, MultiHeadAttention, build_mask, make_positional
+from lm.nn.models import token_loss
 
 POS = ["learned", "sinusoidal", "none"]
 
@@ -80,6 +82,49 @@ def test_head_is_tied_to_embedding_and_counts_are_reported():
     assert model.head.weight is model.embed.tok.weight
     assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert model.flops_per_token() > 6 * 2 * 16 * 16
+
+
+@pytest.mark.parametrize("model_class", [GPT, EncoderDecoder])
+def test_flops_per_token_counts_the_output_head(model_class):
+    """6 C V per token for the head's forward and backward matmuls, although its weights are tied."""
+    def flops(vocab):
+        cfg = ModelConfig(vocab_size=vocab, block_size=16, num_blocks=2, num_heads=2, embedding_dim=16)
+        return model_class(cfg).flops_per_token()
+
+    assert flops(111) - flops(11) == 6 * 16 * 100
+    c, v, t, layers = 16, 11, 16, 2 * (3 if model_class is EncoderDecoder else 1)
+    assert flops(11) > 6 * layers * t * c + 6 * c * v
+
+
+def test_language_model_label_smoothing_is_plain_cross_entropy():
+    """Every class is a valid output of a language model: smoothing spreads eps over all V classes."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, 11), torch.randint(11, (2, 5))
+    expected = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), label_smoothing=0.1)
+    assert torch.equal(token_loss(logits, targets, label_smoothing=0.1), expected)
+    q = torch.full((10, 11), 0.1 / 11).scatter_add(1, targets.reshape(-1, 1), torch.full((10, 1), 0.9))
+    torch.testing.assert_close(expected, -(q * logits.reshape(-1, 11).log_softmax(-1)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_a_query_with_no_allowed_key_gives_zero_in_both_attention_paths(use_sdpa):
+    """A fully masked row: weights all 0 and head output 0, so the result is out_proj's bias, in both paths."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(16, 2).eval()
+    torch.nn.init.normal_(attn.out_proj.bias)
+    attn.use_sdpa = use_sdpa
+    x = torch.randn(2, 4, 16, requires_grad=True)
+    allowed = torch.ones(4, 4, dtype=torch.bool)
+    allowed[1] = False  # query 1 may attend to nothing
+    fast, _ = attn(x, attn_mask=allowed)  # SDPA unless use_sdpa is False
+    slow, w = attn(x, attn_mask=allowed, return_weights=True)  # always the explicit path
+    assert torch.isfinite(fast).all() and torch.isfinite(slow).all() and torch.isfinite(w).all()
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-6)
+    assert (w[:, :, 1] == 0).all()
+    torch.testing.assert_close(w[:, :, [0, 2, 3]].sum(-1), torch.ones(2, 2, 3))
+    torch.testing.assert_close(slow[:, 1], attn.out_proj.bias.expand(2, 16))  # out_proj(0)
+    slow.sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_unknown_positional_encoding_lists_valid_names():

@@ -1,15 +1,18 @@
 """Encoder, encoder-decoder, masks, padding, decoding and the toy tasks."""
 
+import itertools
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lm import config
 from lm.config import ModelConfig
-from lm.generate import beam_search, greedy_decode
-from lm.jobs import collate
+from lm.generate import beam_search, greedy_decode, length_penalty
+from lm.jobs import Seq2SeqJob, collate
 from lm.nn import Encoder, EncoderDecoder, MultiHeadAttention
+from lm.nn.models import token_loss
 from lm.padding import pad_sequences, unpad
 from lm.tasks import BOS, EOS, PAD, make_task
 from lm.trainer import lr_at, train
@@ -120,24 +123,143 @@ def test_shared_and_separate_embeddings(share):
 def test_cached_and_uncached_decoding_agree(pos):
     model = seq2seq(pos)
     src, mask = pad_sequences([[3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 3, 4]], PAD)
-    for decode in (lambda **k: greedy_decode(model, src, mask, 12, BOS, EOS, PAD, **k),
-                   lambda **k: beam_search(model, src, mask, 12, BOS, EOS, PAD, beam=4, **k)):
+    decoders = [lambda **k: greedy_decode(model, src, mask, 12, BOS, EOS, PAD, **k)]
+    decoders += [lambda beam=beam, alpha=alpha, **k: beam_search(model, src, mask, 12, BOS, EOS, PAD, beam=beam,
+                                                                 alpha=alpha, **k)
+                 for beam in (1, 4, 9) for alpha in (0.0, 0.6)]
+    for decode in decoders:
         assert torch.equal(decode(use_cache=True), decode(use_cache=False))
 
 
-def test_beam_of_one_is_greedy_and_beams_never_score_worse():
+# ----------------------------------------------------------------------------- beam search against a known model
+
+class PrefixCache:
+    """The tokens fed so far, per row; follows beam search's reordering like the real cache."""
+
+    def __init__(self):
+        self.tokens = None  # (B, T)
+
+    def append(self, new):
+        self.tokens = new if self.tokens is None else torch.cat([self.tokens, new], dim=1)
+        return self.tokens
+
+    def reorder(self, index):
+        self.tokens = self.tokens.index_select(0, index)
+
+
+class TableModel:
+    """A stand-in for EncoderDecoder whose next-token probabilities are a table indexed by
+    (source id, tokens so far after BOS); a prefix not in the table ends with EOS for sure.
+    Every sequence's probability is known, so beam search can be checked by brute force.
+    It has the interface the decoders use: eval, encode, decode (with or without a cache), new_cache."""
+
+    def __init__(self, table, vocab):
+        self.table, self.vocab = table, vocab
+
+    def eval(self):
+        return self
+
+    def encode(self, src, src_mask=None):
+        return src[:, :1, None].float()  # (B, 1, 1): the memory is the source id
+
+    def new_cache(self):
+        return [PrefixCache()]
+
+    def probs(self, source, prefix):
+        eos_only = [1.0 if i == EOS else 0.0 for i in range(self.vocab)]
+        return self.table.get((source, prefix), eos_only)
+
+    def decode(self, tgt, memory, src_mask=None, *, cache=None):
+        seen = cache[0].append(tgt) if cache is not None else tgt  # (B, T), BOS first
+        rows = [self.probs(int(m), tuple(p[1:])) for m, p in zip(memory[:, 0, 0], seen.tolist())]
+        return torch.tensor(rows).log()[:, None], None  # (B, 1, V) log-probabilities as logits
+
+
+def exhaustive_best(model, source, max_len, alpha, symbols):
+    """argmax over every finished sequence of at most max_len tokens of log P(Y) / lp(Y)."""
+    best, best_score = None, float("-inf")
+    for n in range(max_len):
+        for body in itertools.product(symbols, repeat=n):
+            seq, logp = list(body) + [EOS], 0.0
+            for t, token in enumerate(seq):
+                logp += torch.tensor(model.probs(source, tuple(seq[:t]))[token]).log().item()
+            score = logp / length_penalty(torch.tensor(len(seq)), alpha).item()
+            if score > best_score:
+                best, best_score = seq, score
+    return best
+
+
+def random_table(sources, symbols, max_len, vocab, seed):
+    """Random next-token probabilities for every prefix; PAD and BOS are never produced."""
+    g = torch.Generator().manual_seed(seed)
+    table = {}
+    for source in sources:
+        for n in range(max_len):
+            for prefix in itertools.product(symbols, repeat=n):
+                p = torch.zeros(vocab)
+                p[[EOS, *symbols]] = torch.softmax(2 * torch.randn(len(symbols) + 1, generator=g), 0)
+                table[(source, prefix)] = p.tolist()
+    return table
+
+
+def decoded(out):
+    """(B, L) decoder output -> per row the tokens up to and including EOS."""
+    rows = []
+    for row in out.tolist():
+        rows.append(row[: row.index(EOS) + 1] if EOS in row else row)
+    return rows
+
+
+def test_finished_hypotheses_leave_the_beam_and_the_best_normalised_one_wins():
+    """With K = 2: [EOS] is the most likely first step, [a] and [b] tie behind it. Keeping the
+    finished [EOS] in a slot would prune [b], whose continuation [b, EOS] is the best hypothesis
+    once lengths are normalised (alpha 0.6); without length normalisation [EOS] is the best."""
+    a, b, c = 3, 4, 5
+    table = {(0, ()): [0, 0, 0.34, 0.335, 0.325, 0],
+             (0, (a,)): [0, 0, 0.45, 0, 0, 0.55],
+             (0, (b,)): [0, 0, 0.99, 0, 0, 0.01]}
+    model = TableModel(table, vocab=6)
+    src = torch.zeros(1, 1, dtype=torch.long)
+    for alpha, expected in ((0.6, [b, EOS]), (0.0, [EOS])):
+        assert exhaustive_best(model, 0, 4, alpha, [a, b, c]) == expected
+        for use_cache in (True, False):
+            out = beam_search(model, src, None, 4, BOS, EOS, PAD, beam=2, alpha=alpha, use_cache=use_cache)
+            assert decoded(out) == [expected], (alpha, out)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_a_beam_as_wide_as_every_candidate_finds_the_exhaustive_optimum(alpha):
+    """With K at least the number of extensions at every step, nothing is pruned: beam search is exact
+    (and its early stop must not cut off the optimum)."""
+    symbols, max_len, vocab = [3, 4, 5], 4, 6
+    sources = list(range(4))
+    model = TableModel(random_table(sources, symbols, max_len, vocab, seed=0), vocab)
+    src = torch.tensor(sources)[:, None]
+    wide = len(symbols) ** (max_len - 1) * (len(symbols) + 1)  # extensions at the last step
+    expected = [exhaustive_best(model, s, max_len, alpha, symbols) for s in sources]
+    for use_cache in (True, False):
+        out = beam_search(model, src, None, max_len, BOS, EOS, PAD, beam=wide, alpha=alpha, use_cache=use_cache)
+        assert decoded(out) == expected
+        for row, seq in zip(out.tolist(), expected):
+            assert row[len(seq):] == [PAD] * (out.size(1) - len(seq))  # PAD after EOS
+    for beam in (2, 3, 5):  # narrower beams: no guarantee of the optimum, but the cache never changes the result
+        runs = [beam_search(model, src, None, max_len, BOS, EOS, PAD, beam=beam, alpha=alpha, use_cache=c)
+                for c in (True, False)]
+        assert torch.equal(runs[0], runs[1])
+
+
+def test_beam_of_one_with_no_length_penalty_is_greedy():
     model = seq2seq()
     src, mask = pad_sequences([[3, 4, 5, 6], [7, 8], [9, 10, 11]], PAD)
     greedy = greedy_decode(model, src, mask, 10, BOS, EOS, PAD)
     assert torch.equal(beam_search(model, src, mask, 10, BOS, EOS, PAD, beam=1, alpha=0.0), greedy)
-
-    def logprob(out):
-        tgt_in = torch.cat([torch.full((out.size(0), 1), BOS), out[:, :-1]], dim=1)
-        logp = torch.log_softmax(model(src, tgt_in, mask)[0], -1).gather(-1, out[..., None])[..., 0]
-        return (logp * (out != PAD)).sum(-1)
-
-    beam = beam_search(model, src, mask, 10, BOS, EOS, PAD, beam=5, alpha=0.0)
-    assert (logprob(beam) >= logprob(greedy) - 1e-5).all()
+    # and on the table model, where greedy often stops early and EOS is often the runner-up
+    symbols, max_len, vocab = [3, 4, 5], 4, 6
+    sources = list(range(8))
+    table = TableModel(random_table(sources, symbols, max_len, vocab, seed=1), vocab)
+    src = torch.tensor(sources)[:, None]
+    greedy = greedy_decode(table, src, None, max_len, BOS, EOS, PAD)
+    assert torch.equal(beam_search(table, src, None, max_len, BOS, EOS, PAD, beam=1, alpha=0.0), greedy)
 
 
 @pytest.mark.parametrize("name", ["copy", "reverse", "sort", "add"])
@@ -181,15 +303,59 @@ def test_add_in_another_base_and_parsing():
         make_task("multiply", 10)
 
 
+def smoothed_target(targets, vocab, eps, never):
+    """The label-smoothed target distribution q, built explicitly: 1 - eps on the target, eps spread
+    uniformly over the valid classes, 0 on the classes in `never`."""
+    valid = [c for c in range(vocab) if c not in never]
+    q = torch.zeros(len(targets), vocab)
+    q[:, valid] = eps / len(valid)
+    q[torch.arange(len(targets)), targets] += 1 - eps
+    return q
+
+
 def test_loss_ignores_padding_and_smooths_labels():
     model = seq2seq()
     src, src_mask, tgt_in, tgt_out = collate([([3, 4], [4, 3]), ([5, 6, 7, 8], [8, 7, 6, 5])])
     logits, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD)
     real = tgt_out != PAD
-    manual = torch.nn.functional.cross_entropy(logits[real], tgt_out[real])
+    manual = F.cross_entropy(logits[real], tgt_out[real])
     torch.testing.assert_close(loss, manual)
-    _, smoothed = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, label_smoothing=0.1)
+    # the training loss of a seq2seq job smooths onto the valid outputs only: never PAD or BOS
+    cfg = config.load(None, ["--task=copy", "--label_smoothing=0.1", "--max_len=4", "--eval_long_len=4",
+                             "--held_out_size=2"])
+    job = Seq2SeqJob(cfg, None, None, lambda event: None)
+    smoothed, _ = job.loss(model, (src, src_mask, tgt_in, tgt_out), torch.device("cpu"))
+    q = smoothed_target(tgt_out[real], 13, 0.1, never=(PAD, BOS))
+    torch.testing.assert_close(smoothed, -(q * logits[real].log_softmax(-1)).sum(-1).mean())
     assert smoothed.item() != pytest.approx(loss.item())
+    # and onto every class when nothing is excluded
+    _, everywhere = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, label_smoothing=0.1)
+    torch.testing.assert_close(everywhere, F.cross_entropy(logits[real], tgt_out[real], label_smoothing=0.1))
+
+
+def test_label_smoothing_puts_no_probability_on_pad_or_bos():
+    """loss = (1 - eps) (-log p_y) + eps mean_{c valid} (-log p_c) = sum_c -q_c log p_c, with q_PAD = q_BOS = 0."""
+    torch.manual_seed(0)
+    eps, V = 0.2, 7
+    logits = torch.randn(2, 3, V, requires_grad=True)
+    targets = torch.tensor([[3, 4, EOS], [6, PAD, PAD]])
+    loss = token_loss(logits, targets, ignore_index=PAD, label_smoothing=eps, no_smooth_ids=[PAD, BOS])
+    real = targets != PAD
+    q = smoothed_target(targets[real], V, eps, never=(PAD, BOS))
+    assert (q[:, [PAD, BOS]] == 0).all() and torch.allclose(q.sum(-1), torch.ones(4))
+    p = logits[real].softmax(-1)
+    torch.testing.assert_close(loss, -(q * p.log()).sum(-1).mean())
+    logp = p.log()
+    by_formula = (1 - eps) * -logp[torch.arange(4), targets[real]] + eps * -logp[:, 2:].mean(-1)
+    torch.testing.assert_close(loss, by_formula.mean())
+    # d loss / d logits = (p - q) / n: PAD and BOS logits are only ever pushed down, padding gets nothing
+    loss.backward()
+    torch.testing.assert_close(logits.grad[real], (p - q).detach() / 4)
+    assert (logits.grad[real][:, [PAD, BOS]] > 0).all()
+    assert (logits.grad[~real] == 0).all()
+    # settings that make no sense are named
+    with pytest.raises(ValueError, match="no_smooth_ids \\[7\\]"):
+        token_loss(logits, targets, ignore_index=PAD, label_smoothing=eps, no_smooth_ids=[PAD, 7])
 
 
 def test_noam_schedule():
@@ -202,8 +368,8 @@ def test_noam_schedule():
 def test_task_configs_are_validated():
     with pytest.raises(config.ConfigError, match="epochs"):
         config.load(None, ["--task=copy", "--epochs=1", "--max_iters=5"])
-    with pytest.raises(config.ConfigError, match="max_iters"):
-        config.load(None, ["--task=copy"])
+    with pytest.raises(config.ConfigError, match="generated tasks need max_iters"):
+        config.load(None, ["--task=copy", "--max_iters=null"])
     with pytest.raises(config.ConfigError, match="the number base"):
         config.load(None, ["--task=add", "--num_symbols=16", "--max_iters=5"])
 

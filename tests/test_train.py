@@ -26,6 +26,17 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[110] == pytest.approx(0.1) and lrs[60] == pytest.approx(0.55)
 
 
+def test_lr_decay_iters_ends_the_cosine_and_holds_the_floor():
+    cfg = config.load(None, ["--lr=1.0", "--min_lr=0.1", "--warmup_iters=10", "--lr_decay_iters=50"])
+    lrs = [lr_at(s, cfg, 200) for s in range(200)]  # a 200-step run whose decay ends at step 50
+    assert lrs[9] == pytest.approx(1.0)
+    assert lrs[30] == pytest.approx(0.55)  # half way from the warm-up's end (10) to lr_decay_iters (50)
+    assert lrs[50] == pytest.approx(0.1) and all(lr == pytest.approx(0.1) for lr in lrs[50:])
+    assert all(a > b for a, b in zip(lrs[10:50], lrs[11:51]))
+    # the total steps no longer matter: the same schedule in a 60-step run
+    assert [lr_at(s, cfg, 60) for s in range(60)] == lrs[:60]
+
+
 def test_total_steps_epochs_and_max_iters():
     cfg = config.load(None, ["--batch_size=10", "--grad_accum=2", "--epochs=2"])
     assert total_steps(cfg, 1000 / 20) == 100  # 2 epochs x 1000 windows / 20 windows per step

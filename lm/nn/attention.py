@@ -68,6 +68,10 @@ class MultiHeadAttention(nn.Module):
 
     Q = x W_q, K = c W_k, V = c W_v with c = x (self-attention) or c = context (cross-attention);
     the heads' outputs are concatenated and projected: MultiHead = Concat(head_1..head_h) W_o.
+
+    A query with no allowed key (a fully masked row) gets all-zero attention weights and a zero
+    head output, so its result is out_proj(0) = the output bias; the SDPA and the explicit path
+    agree on this (softmax over no keys would otherwise be 0/0 = NaN).
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -123,7 +127,9 @@ class MultiHeadAttention(nn.Module):
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            weights = F.softmax(scores, dim=-1)
+            weights = F.softmax(scores, dim=-1)  # (B, nh, T, T_k); NaN on a row with no allowed key
+            if mask is not None:
+                weights = weights.masked_fill(~mask, 0.0)  # masked keys get exactly 0, fully masked rows too
             y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.out_proj(y), (weights if return_weights else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -53,10 +54,36 @@ def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleLi
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-               label_smoothing: float = 0.0) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens that are not ignore_index (e.g. padding)."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                           ignore_index=ignore_index, label_smoothing=label_smoothing)
+               label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = ()) -> torch.Tensor:
+    """Mean cross-entropy over the target tokens that are not ignore_index (e.g. padding).
+
+    logits: (..., V), targets: (...). With label smoothing eps, each token's loss is the
+    cross-entropy against (1 - eps) on the target plus eps spread uniformly over the valid
+    output classes, those not in no_smooth_ids (e.g. PAD and BOS, never a right output):
+
+        loss = (1 - eps) * (-log p_y) + eps * mean_{c in valid} (-log p_c)
+
+    With no_smooth_ids empty every class is valid, and the result is exactly
+    F.cross_entropy(..., label_smoothing=eps).
+    """
+    V = logits.size(-1)
+    logits, targets = logits.reshape(-1, V).float(), targets.reshape(-1)  # (N, V), (N,)
+    if not no_smooth_ids or label_smoothing == 0.0:
+        return F.cross_entropy(logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing {label_smoothing} is not allowed; it must be in [0, 1]")
+    bad = sorted({int(i) for i in no_smooth_ids if not 0 <= i < V})
+    if bad:
+        raise ValueError(f"no_smooth_ids {bad} are not classes; they must be in 0..{V - 1}")
+    valid = torch.ones(V, dtype=torch.bool, device=logits.device)
+    valid[list(no_smooth_ids)] = False
+    if not valid.any():
+        raise ValueError(f"no_smooth_ids {sorted(no_smooth_ids)} exclude every class; nothing is left to smooth onto")
+    real = targets != ignore_index  # (N,)
+    logp = F.log_softmax(logits[real], dim=-1)  # (n, V)
+    nll = -logp.gather(-1, targets[real][:, None])[:, 0]  # (n,)
+    smooth = -logp[:, valid].mean(dim=-1)  # (n,)
+    return ((1.0 - label_smoothing) * nll + label_smoothing * smooth).mean()
 
 
 class GPT(nn.Module):
@@ -110,10 +137,15 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> int:
         """Estimated training FLOPs per token (forward + backward, Kaplan et al. 2020):
-        6 N + 6 L T C, with N the parameters outside the embeddings, L blocks, T = block_size, C width."""
+
+            6 N + 6 L T C + 6 C V
+
+        with N the parameters outside the embeddings, L blocks, T = block_size, C width, V vocab_size.
+        6 C V is the output head (a C x V matmul per token), counted although its weights are the
+        tied embedding's: the lookup E[tokens] costs nothing, the head's matmul does."""
         c = self.cfg
         n = self.num_params() - sum(p.numel() for p in self.embed.parameters())
-        return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim
+        return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim + 6 * c.embedding_dim * c.vocab_size
 
 
 class Encoder(nn.Module):
@@ -188,22 +220,29 @@ class EncoderDecoder(nn.Module):
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
                 tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
-                pad_id: int = -100, label_smoothing: float = 0.0):
+                pad_id: int = -100, label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = ()):
         """Teacher forcing: tgt (B, T) is the decoder input (BOS + target), targets (B, T) the expected
-        output (target + EOS), padded with pad_id, which the loss ignores. Returns (logits, loss)."""
+        output (target + EOS), padded with pad_id, which the loss ignores. Returns (logits, loss).
+
+        Label smoothing spreads its mass only over valid outputs (see token_loss): every class but
+        no_smooth_ids (e.g. PAD and BOS, which are never a right output; the seq2seq job passes them).
+        """
         logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask, tgt_mask)
         loss = None
         if targets is not None:
-            loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing)
+            loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing,
+                              no_smooth_ids=no_smooth_ids)
         return logits, loss
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> int:
-        """6 N + 6 L T C as for GPT, with N the non-embedding parameters of both stacks and L counting
-        self- and cross-attention layers (an estimate per target token with a source of block_size)."""
+        """6 N + 6 L T C + 6 C V as for GPT, with N the non-embedding parameters of both stacks, L counting
+        self- and cross-attention layers, and 6 C V the output head (an estimate per target token with a
+        source of block_size)."""
         c = self.cfg
         embeds = {id(p): p for m in (self.encoder.embed, self.tgt_embed) for p in m.parameters()}
         n = self.num_params() - sum(p.numel() for p in embeds.values())
-        return 6 * n + 6 * 3 * c.num_blocks * c.block_size * c.embedding_dim
+        return (6 * n + 6 * 3 * c.num_blocks * c.block_size * c.embedding_dim
+                + 6 * c.embedding_dim * c.vocab_size)
