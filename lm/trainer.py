@@ -349,7 +349,7 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
           on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train as configured (see the module docstring); returns a summary dict.
 
-    resume: True continues the run in out_dir (its newest complete checkpoint); a path continues from
+    resume: True continues the run in out_dir (its last.pt, or best.pt if last.pt is damaged); a path continues from
     that checkpoint file or run directory, writing to out_dir; a ResumePoint is a checkpoint already
     read. overwrite: a fresh run replaces the run in out_dir (otherwise refused); with a resume path,
     the continuation replaces another run in out_dir. should_stop: polled after every step and between
@@ -377,12 +377,14 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
         if stop():
             raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
                               "training; nothing of the run was changed")
-        rundir.start(out_dir, info, clear)
 
         # --- model and optimizer, and (restore 2/2) their state at the checkpoint
         run = Run(cfg, job, info["run_id"], out_dir)
         if point:
             run.restore(point)
+        # everything that could refuse this run has passed: out_dir becomes its home (--overwrite: only now
+        # are the previous run's files removed)
+        rundir.start(out_dir, info, clear)
         n_steps = total_steps(cfg, job.steps_per_epoch())
         emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
               "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""), "total_steps": n_steps,
