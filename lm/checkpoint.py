@@ -18,13 +18,14 @@ mid-save leaves the previous checkpoint whole.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .files import write_atomic
 
 FORMAT_VERSION = 1
 
@@ -59,30 +60,17 @@ def save(path: str | Path, payload: dict) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            writer = _RecordingWriter(f)
-            try:
-                torch.save({"format_version": FORMAT_VERSION, **payload}, writer)
-            except RuntimeError as e:
-                if writer.error is None:
-                    raise
-                raise OSError(writer.error.errno, writer.error.strerror, str(tmp)) from e
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+
+    def write(f) -> None:
+        writer = _RecordingWriter(f)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+            torch.save({"format_version": FORMAT_VERSION, **payload}, writer)
+        except RuntimeError as e:
+            if writer.error is None:
+                raise
+            raise OSError(writer.error.errno, writer.error.strerror, f.name) from e
+
+    write_atomic(path, write)
 
 
 def load(path: str | Path, map_location="cpu") -> dict:
@@ -122,6 +110,20 @@ class ResumePoint:
     path: Path  # the file used
     ckpt: dict  # its contents
     problems: list[str] = field(default_factory=list)  # damaged checkpoints passed over, as messages
+    source: Path | None = None  # what was asked for: the file, or the run directory it was chosen in
+    stamp: tuple = ()  # (inode, mtime, size) of path when it was read
+
+    def is_current(self) -> bool:
+        """True while path is still the file that was read (no process has replaced it since)."""
+        return _stamp(self.path) == self.stamp
+
+
+def _stamp(path: Path) -> tuple:
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def load_latest(path: str | Path) -> ResumePoint:
@@ -133,25 +135,19 @@ def load_latest(path: str | Path) -> ResumePoint:
     if not path.exists():
         raise CheckpointError(f"no checkpoint to resume from: {str(path)!r} does not exist")
     if not path.is_dir():
-        return ResumePoint(path, load(path))
+        stamp = _stamp(path)
+        return ResumePoint(path, load(path), [], path, stamp)
     problems = []
     for name in ("last.pt", "best.pt"):
         candidate = path / name
         if candidate.exists():
+            stamp = _stamp(candidate)
             try:
-                return ResumePoint(candidate, load(candidate), problems)
+                return ResumePoint(candidate, load(candidate), problems, path, stamp)
             except CheckpointError as e:
                 problems.append(str(e))
     detail = "; ".join(problems) if problems else "neither last.pt nor best.pt exists"
     raise CheckpointError(f"no checkpoint to resume from in {str(path)!r}: {detail}")
-
-
-def remove_stale_temporaries(directory: str | Path) -> list[Path]:
-    """Delete temporary files left by saves that were killed mid-write (they are never complete)."""
-    stale = list(Path(directory).glob(".*.pt.tmp-*"))
-    for f in stale:
-        f.unlink(missing_ok=True)
-    return stale
 
 
 def rng_state() -> dict:

@@ -82,8 +82,8 @@ class TrainConfig:
     grad_accum: int = 1
     # passes over the data; one epoch = as many windows as the training split has tokens
     epochs: Optional[float] = None
-    # optimizer steps; with epochs also set, the run stops at whichever comes first.
-    # A config that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
+    # optimizer steps; with epochs also set, the run stops at whichever comes first. A file or
+    # command line that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
     max_iters: Optional[int] = 1200
     # peak learning rate (AdamW)
     lr: float = 2e-3
@@ -145,6 +145,7 @@ LR_SCHEDULES = ("cosine", "noam")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_MAX = 2**63 - 1
+RUN_LENGTH = {"train.epochs", "train.max_iters"}  # the settings that decide how long a run is
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -294,16 +295,23 @@ def load_yaml(path: str | Path) -> dict:
 def build(values: dict | None = None, overrides: list[tuple[str, Any]] | None = None, source: str = "config") -> Config:
     """Build a validated Config from a (possibly nested) mapping and (key, value) overrides."""
     flat = _flatten(values or {}, source)
+    given = {}
     for key, value in overrides or []:
         section, name = _split_key(key)
-        flat[f"{section}.{name}"] = value
+        given[f"{section}.{name}"] = value
+    # The run's length is set by the last layer (defaults < file < overrides) that sets epochs or
+    # max_iters: the other one is then null, so "--epochs=3" means 3 epochs whatever the file says.
+    for layer in (given, flat):
+        if RUN_LENGTH & layer.keys():
+            for key in RUN_LENGTH - layer.keys():
+                flat[key] = None
+            break
+    flat.update(given)
     cfg = Config()
     for dotted, value in flat.items():
         section, name = dotted.split(".")
         sub = getattr(cfg, section)
         setattr(sub, name, _coerce(name, value, _field_types(type(sub))[name]))
-    if cfg.train.epochs is not None and "train.max_iters" not in flat:
-        cfg.train.max_iters = None  # epochs alone decide the length; the default max_iters does not cut it
     validate(cfg)
     return cfg
 

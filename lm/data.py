@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import signal
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import write_atomic, write_text_atomic
 from .tokenizer import CharTokenizer
 
 # Corpora that are fetched when their file is missing: directory name -> URL.
@@ -49,13 +50,6 @@ def _offline_text() -> str:
     return "\n".join(topics[k] for k in sorted(topics))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
     """Return the corpus file to use for ``data_path``.
 
@@ -73,12 +67,14 @@ def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
         data.decode("utf-8")
-        _write_atomic(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda f: f.write(data))
         return CorpusSource(path, f"downloaded {url} to {path}")
     except (OSError, UnicodeDecodeError) as e:  # URLError and socket timeouts are OSErrors
         fallback = path.parent.parent / OFFLINE_CORPUS_DIR / "input.txt"
         if not fallback.exists():
-            _write_atomic(fallback, _offline_text().encode("utf-8"))
+            fallback.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(fallback, _offline_text())
         note = (
             f"{path} is missing and could not be downloaded from {url} ({e}).\n"
             f"TRAINING ON THE OFFLINE FALLBACK CORPUS INSTEAD: the Python reference documentation "
@@ -190,14 +186,10 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
             raise DataError(f"corpus {str(path)!r} does not fit the checkpoint's vocabulary: {e}") from None
         cache_dir.mkdir(parents=True, exist_ok=True)
         for name, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
-            tmp = cache_dir / f"{name}.bin.tmp"
-            part.tofile(tmp)
-            os.replace(tmp, cache_dir / f"{name}.bin")
+            write_atomic(cache_dir / f"{name}.bin", part.tofile)
         meta = {"fingerprint": fingerprint, "chars": tok.chars, "dtype": tok.dtype.name,
                 "n_train": int(n_train), "n_val": int(len(text) - n_train)}
-        tmp = meta_path.with_name("meta.json.tmp")
-        tmp.write_text(json.dumps(meta, ensure_ascii=False))
-        os.replace(tmp, meta_path)
+        write_text_atomic(meta_path, json.dumps(meta, ensure_ascii=False))  # last: it vouches for the .bin files
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r")
     val = np.memmap(cache_dir / "val.bin", dtype=dtype, mode="r")
@@ -260,8 +252,15 @@ def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
     # The loader's own generator: without it, starting the workers draws from the global RNG and
     # shifts every later dropout mask, so a resumed run would differ from an uninterrupted one.
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, sampler=_From(), num_workers=num_workers,
-                                         generator=seeded_generator(seed, stream, start))
+                                         generator=seeded_generator(seed, stream, start),
+                                         worker_init_fn=_ignore_interrupts)
     yield from loader
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """In a batch worker: leave Ctrl-C, which a terminal sends to the whole process group, to the training
+    process, which checkpoints at the next step boundary and then ends the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sequential_windows(ids: np.ndarray, block_size: int, batch_size: int):

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .files import write_text_atomic
+
 try:  # POSIX
     import fcntl
 except ImportError:  # Windows
@@ -45,20 +47,6 @@ def write_failure(path: str | Path, e: OSError, kept: str = "") -> OutputError:
     where = e.filename or path
     return OutputError(f"cannot write {str(where)!r}: {reason} (errno {e.errno}: {errno.errorcode.get(e.errno, '?')})"
                        + (f"; {kept}" if kept else ""))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file, flush it to disk, and rename it over path: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class RunLock:
@@ -156,30 +144,57 @@ def _describe(out_dir: Path, info: dict | None) -> str:
     return f"{str(out_dir)!r} holds run {info['run_id']}"
 
 
+def last_logged_step(out_dir: Path) -> int | None:
+    """The last training step that out_dir's metrics.jsonl records (None without one): how far its run got."""
+    try:
+        lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    steps = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            steps.append(record["step"])
+    return max(steps, default=None)
+
+
 def claim(out_dir: Path, resume_path: Path | None, resume_ckpt: dict | None, overwrite: bool) -> tuple[dict, bool]:
-    """Decide whose run out_dir is about to hold; refuse to mix runs. Writes nothing.
+    """Decide whose run out_dir is about to hold; refuse to mix runs or to drop a run's progress. Writes nothing.
 
     Returns (run info to write in run.json, whether the files of the run now in out_dir must be removed).
+    A directory without a checkpoint holds nothing to lose (at most the metrics of a run that never saved).
     """
     existing = read_info(out_dir)
+    has_checkpoint = any((out_dir / name).exists() for name in CHECKPOINTS)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     fresh = {"run_id": new_run_id(), "created": now, "resumed_from": None}
     if resume_ckpt is None:
-        if any((out_dir / name).exists() for name in CHECKPOINTS) and not overwrite:
+        if has_checkpoint and not overwrite:
             raise RunDirError(f"out_dir {str(out_dir)!r} already holds a run (last.pt / best.pt); continue it with "
                               f"--resume, choose another --out_dir, or pass --overwrite to start over and replace it")
         return fresh, holds_run(out_dir)
-    ckpt_id = resume_ckpt.get("run_id")
+    ckpt_id, step = resume_ckpt.get("run_id"), resume_ckpt.get("step")
+    if resume_path is not None and resume_path.resolve().parent == out_dir.resolve():
+        # one of this directory's own checkpoints: this run (a checkpoint of an older version has no id)
+        base = existing or fresh
+        return {**base, "run_id": ckpt_id or base["run_id"]}, False
+    forked = {**fresh, "resumed_from": {"run_id": ckpt_id, "checkpoint": str(resume_path), "step": step}}
+    if not has_checkpoint:
+        return forked, holds_run(out_dir)  # a continuation into a new directory: a new run that says where it came from
     if existing is not None and ckpt_id is not None and existing["run_id"] == ckpt_id:
-        return existing, False  # the same run, in its own directory (or a copy of it)
-    own_dir = resume_path is not None and resume_path.resolve().parent == out_dir.resolve()
-    if existing is None and own_dir:
-        # a run of an older version, resumed in place: adopt it
-        return {"run_id": ckpt_id or fresh["run_id"], "created": now, "resumed_from": None}, False
-    forked = {**fresh, "resumed_from": {"run_id": ckpt_id, "checkpoint": str(resume_path),
-                                        "step": resume_ckpt.get("step")}}
-    if not holds_run(out_dir):
-        return forked, False  # a continuation into a new directory: a new run that says where it came from
+        reached = last_logged_step(out_dir)
+        if reached is None or reached <= step:
+            return existing, False  # the same run (a copy of its checkpoint), not behind its directory
+        if overwrite:
+            return forked, True
+        raise RunDirError(f"cannot resume: out_dir {str(out_dir)!r} holds run {ckpt_id} up to step {reached}, and the "
+                          f"checkpoint {str(resume_path)!r} is the same run at step {step}: resuming from it would "
+                          f"discard steps {step + 1}..{reached}. Continue the run with --resume --out_dir="
+                          f"{str(out_dir)!r}, continue this checkpoint into another directory with --out_dir=..., "
+                          f"or pass --overwrite to rewind the run in {str(out_dir)!r} to step {step}")
     if overwrite:
         return forked, True
     theirs = f"run {ckpt_id}" if ckpt_id else "a run with no run id"
@@ -195,6 +210,6 @@ def start(out_dir: Path, info: dict, clear: bool) -> None:
         if clear:
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-        write_atomic(out_dir / RUN_INFO, json.dumps(info, indent=1) + "\n")
+        write_text_atomic(out_dir / RUN_INFO, json.dumps(info, indent=1) + "\n")
     except OSError as e:
         raise write_failure(out_dir / RUN_INFO, e)

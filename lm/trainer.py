@@ -24,6 +24,7 @@ from . import rundir
 from .checkpoint import ResumePoint
 from .config import Config, ConfigError
 from .device import autocast, resolve_device, resolve_dtype
+from .files import remove_stale_temporaries, write_text_atomic
 from .jobs import make_job, make_model
 from .rundir import OutputError, RunLock, write_failure
 
@@ -133,7 +134,11 @@ class MetricsLog:
         self.path = path
         self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
         if resume_step is not None and path.exists():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError as e:
+                raise OutputError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                 except ValueError:  # a line cut short by a crash
@@ -145,7 +150,7 @@ class MetricsLog:
         line = json.dumps(record) + "\n"
         try:
             if self.kept is not None:
-                rundir.write_atomic(self.path, "".join(k + "\n" for k in self.kept) + line)
+                write_text_atomic(self.path, "".join(k + "\n" for k in self.kept) + line)
                 self.kept = None
             else:
                 with open(self.path, "a", encoding="utf-8") as f:
@@ -364,10 +369,17 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
 
     # --- restore (1/2): the checkpoint to continue, read once; its model must be this config's
     point = resume_point(resume, out_dir)
-    changes = check_resume_config(point.ckpt["config"], cfg) if point else []
+    if point:
+        check_resume_config(point.ckpt["config"], cfg)
     with RunLock(out_dir):
+        if point and point.source and not point.is_current():  # another process wrote a newer checkpoint before we held the lock
+            point = ckpt_io.load_latest(point.source)
+        changes = check_resume_config(point.ckpt["config"], cfg) if point else []
         info, clear = rundir.claim(out_dir, point.path if point else None, point.ckpt if point else None, overwrite)
-        ckpt_io.remove_stale_temporaries(out_dir)
+        try:
+            remove_stale_temporaries(out_dir)
+        except OSError as e:
+            raise write_failure(out_dir, e) from None
         if point:
             emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
                   "skipped": point.problems})
@@ -381,7 +393,8 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
         # --- model and optimizer, and (restore 2/2) their state at the checkpoint
         run = Run(cfg, job, info["run_id"], out_dir)
         if point:
-            run.restore(point)
+            with explain_out_of_memory(cfg, "while restoring the checkpoint (the optimizer's state)"):
+                run.restore(point)
         # everything that could refuse this run has passed: out_dir becomes its home (--overwrite: only now
         # are the previous run's files removed)
         rundir.start(out_dir, info, clear)

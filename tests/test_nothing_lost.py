@@ -6,16 +6,12 @@ sets a limit or wraps one function before running train.py unchanged, to reach a
 point; it says which.
 """
 
-import fcntl
 import json
 import os
-import pty
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import termios
 
 import pytest
 
@@ -82,6 +78,43 @@ def test_resume_never_mixes_two_runs(small_corpus, tmp_path):
     assert [s for s, _ in losses(b)] == [5, 6]  # the continuation's steps: nothing of b's old run is left
 
 
+def test_the_same_run_resumes_and_a_rewind_is_refused(small_corpus, tmp_path):
+    a = tmp_path / "a"
+    train_ok(*tiny(small_corpus, a, "--max_iters=4", "--eval_interval=2", "--lr_decay_iters=20"))
+    backup = tmp_path / "backup" / "step4.pt"
+    backup.parent.mkdir()
+    shutil.copy(a / "last.pt", backup)
+    train_ok("--resume", f"--out_dir={a}", "--max_iters=8")
+    before = snapshot(a)
+    r = cli("train.py", f"--resume={backup}", "--max_iters=12")  # writes to the checkpoint's out_dir, a
+    assert r.returncode == 2 and "would discard steps 5..8" in r.stderr and "--overwrite" in r.stderr, r.stderr
+    assert snapshot(a) == before
+    train_ok(f"--resume={backup}", "--max_iters=6", "--overwrite")  # asked for: the rewind
+    assert checkpoint.load(a / "last.pt")["step"] == 6 and [s for s, _ in losses(a)] == [5, 6]
+
+    # a run written before run ids existed resumes in place, also after a crash before its first save
+    legacy = tmp_path / "legacy"
+    train_ok(*tiny(small_corpus, legacy, "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=20"))
+    old = checkpoint.load(legacy / "last.pt")
+    del old["run_id"], old["window"]
+    checkpoint.save(legacy / "last.pt", old)
+    (legacy / "best.pt").unlink()
+    (legacy / "run.json").unlink()
+    r = cli("train.py", "--resume", f"--out_dir={legacy}", "--max_iters=4",
+            launcher=failing_launcher(tmp_path, "backward"))
+    assert r.returncode == 1 and "out of memory" in r.stderr
+    r = train_ok("--resume", f"--out_dir={legacy}", "--max_iters=4")
+    assert "at step 2" in r.stdout and checkpoint.load(legacy / "last.pt")["run_id"] == run_id(legacy)
+
+    # a continuation into a new directory that died before its first checkpoint: the same command again works
+    c = tmp_path / "c"
+    r = cli("train.py", f"--resume={backup}", f"--out_dir={c}", "--max_iters=6",
+            launcher=failing_launcher(tmp_path, "backward"))
+    assert r.returncode == 1 and not (c / "last.pt").exists()
+    train_ok(f"--resume={backup}", f"--out_dir={c}", "--max_iters=6")
+    assert checkpoint.load(c / "last.pt")["step"] == 6
+
+
 # 2. --------------------------------------------------------------------------------------------------------
 
 def test_overwrite_leaves_nothing_of_the_old_run(small_corpus, tmp_path):
@@ -121,7 +154,8 @@ def test_overwrite_leaves_nothing_of_the_old_run(small_corpus, tmp_path):
 
 def test_two_training_processes_in_one_out_dir(small_corpus, tmp_path):
     out = tmp_path / "run"
-    first = popen("train.py", *tiny(small_corpus, out, "--max_iters=3000", "--eval_interval=5"))
+    first = popen("train.py", *tiny(small_corpus, out, "--max_iters=1000000000", "--eval_interval=5",
+                                    "--lr_decay_iters=1000"))
     try:
         wait_for(lambda: (out / "last.pt").exists(), first, "the first run's first checkpoint")
         for extra in (["--overwrite"], ["--resume"]):
@@ -145,11 +179,23 @@ def test_two_training_processes_in_one_out_dir(small_corpus, tmp_path):
 # 4. --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("log_interval", [1, 3, 4])
-def test_metrics_after_a_resume_equal_an_uninterrupted_run(small_corpus, tmp_path, log_interval):
+@pytest.mark.parametrize("split_by", ["end_of_run", "sigterm"])
+def test_metrics_after_a_resume_equal_an_uninterrupted_run(small_corpus, tmp_path, log_interval, split_by):
+    """14 steps straight == 7 steps, then --resume to 14: the first part ends as a finished run (max_iters=7),
+    or is stopped by SIGTERM after step 7, in the middle of a logging window (sent by the process to
+    itself when its 7th step ends; a launcher wraps the step)."""
     args = ["--eval_interval=5", "--lr_decay_iters=14", f"--log_interval={log_interval}", "--dropout=0.1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_ok(*tiny(small_corpus, straight, *args, "--max_iters=14"))
-    train_ok(*tiny(small_corpus, split, *args, "--max_iters=7"))
+    if split_by == "end_of_run":
+        train_ok(*tiny(small_corpus, split, *args, "--max_iters=7"))
+    else:
+        body = ("import signal, lm.trainer\noriginal = lm.trainer.train_step\nsteps = []\n"
+                "def step(*a, **k):\n    out = original(*a, **k)\n    steps.append(1)\n"
+                "    if len(steps) == 7:\n        os.kill(os.getpid(), signal.SIGTERM)\n    return out\n"
+                "lm.trainer.train_step = step\n")
+        r = cli("train.py", *tiny(small_corpus, split, *args, "--max_iters=14"), launcher=launcher(tmp_path, body))
+        assert r.returncode == 143 and "stopped at step 7" in r.stderr, r.stderr
     train_ok("--resume", f"--out_dir={split}", "--max_iters=14")
 
     def without_timings(out):
@@ -186,6 +232,27 @@ def test_exact_resume_with_worker_processes_and_dropout(small_corpus, tmp_path):
     train_ok("--resume", f"--out_dir={split}", "--max_iters=12")
     assert losses(split) == losses(straight)
     assert same_weights(checkpoint.load(straight / "last.pt"), checkpoint.load(split / "last.pt"))
+
+
+def test_ctrl_c_to_the_process_group_with_worker_processes(small_corpus, tmp_path):
+    """A terminal's Ctrl-C reaches every process of the group: the workers leave it to the training process,
+    which checkpoints at the step boundary and exits 130; --resume matches an uninterrupted run."""
+    args = ["--num_workers=2", "--dropout=0.1", "--eval_interval=1000", "--lr_decay_iters=400"]
+    out = tmp_path / "run"
+    proc = popen("train.py", *tiny(small_corpus, out, *args, "--max_iters=400"), start_new_session=True)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 5,
+                 proc, "5 steps")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    stopped = checkpoint.load(out / "last.pt")["step"]
+    straight = tmp_path / "straight"
+    train_ok(*tiny(small_corpus, straight, *args, f"--max_iters={stopped + 3}"))
+    train_ok("--resume", f"--out_dir={out}", f"--max_iters={stopped + 3}")
+    assert losses(out) == losses(straight)
 
 
 # 6. --------------------------------------------------------------------------------------------------------
@@ -259,19 +326,28 @@ FAIL_AT = {
 }
 
 
+def failing_launcher(tmp_path, phase):
+    owner, name, error = FAIL_AT[phase]
+    return launcher(tmp_path, f"import torch, lm.nn\nowner = {owner}\n"
+                              f"def failing(*args, **kwargs):\n    raise {error}\n"
+                              f"setattr(owner, {name!r}, failing)\n")
+
+
 @pytest.mark.parametrize("phase", list(FAIL_AT))
 def test_out_of_memory_anywhere_in_a_step_is_explained(small_corpus, tmp_path, phase):
     out = tmp_path / "run"
     train_ok(*tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=20"))
     before = checkpoints(out)
-    owner, name, error = FAIL_AT[phase]
-    body = (f"import torch, lm.nn\nowner = {owner}\n"
-            f"def failing(*args, **kwargs):\n    raise {error}\n"
-            f"setattr(owner, {name!r}, failing)\n")
-    r = cli("train.py", "--resume", f"--out_dir={out}", "--max_iters=6", launcher=launcher(tmp_path, body))
+    if phase == "optimizer_first_step":  # the step that allocates the optimizer's state: a fresh run's first
+        args = tiny(small_corpus, tmp_path / "fresh", "--max_iters=4")
+    else:
+        args = ["--resume", f"--out_dir={out}", "--max_iters=6"]
+    r = cli("train.py", *args, launcher=failing_launcher(tmp_path, phase))
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "error: out of memory" in r.stderr and "--batch_size=2 --grad_accum=2" in r.stderr, r.stderr
     assert checkpoints(out) == before
+    if phase == "optimizer_first_step":
+        assert "at training step 1" in r.stderr and not (tmp_path / "fresh" / "last.pt").exists()
 
 
 # 9. --------------------------------------------------------------------------------------------------------
@@ -378,6 +454,8 @@ def test_contradictory_schedule_settings_are_refused(small_corpus, tmp_path, arg
 
 def test_no_config_is_the_shipped_config(small_corpus, tmp_path):
     assert config.load(None) == config.load(ROOT / "config.yaml")
+    for overrides in (["--epochs=3"], ["--max_iters=50"], ["--epochs=2", "--max_iters=7"], ["--block_size=32"]):
+        assert config.load(None, overrides) == config.load(ROOT / "config.yaml", overrides), overrides
     shared = [f"--data_path={small_corpus}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--device=cpu"]
     plain, shipped = tmp_path / "plain", tmp_path / "shipped"
     r = train_ok(*shared, f"--out_dir={plain}", cwd=tmp_path)
@@ -397,6 +475,8 @@ def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(small_corpus, t
     lines = [line for line in r.stderr.splitlines() if line.startswith("train: step ")]
     assert 5 <= len(lines) <= 12, r.stderr  # one per tenth of the run (and every 30 s), not one per step
     assert lines[-1].startswith("train: step 40/40 (100%), loss ")
+
+    import fcntl, pty, struct, termios  # noqa: E401 (POSIX terminals)
 
     leader, follower = pty.openpty()  # a terminal (80 columns): the tqdm bar, redrawn in place
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
