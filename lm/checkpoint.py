@@ -58,8 +58,6 @@ def save(path: str | Path, payload: dict) -> None:
     A failed write raises OSError (with the system's reason, e.g. ENOSPC) and leaves any previous
     file at path as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(f) -> None:
         writer = _RecordingWriter(f)

@@ -67,13 +67,11 @@ def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             data = response.read()
         data.decode("utf-8")
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda f: f.write(data))
         return CorpusSource(path, f"downloaded {url} to {path}")
     except (OSError, UnicodeDecodeError) as e:  # URLError and socket timeouts are OSErrors
         fallback = path.parent.parent / OFFLINE_CORPUS_DIR / "input.txt"
         if not fallback.exists():
-            fallback.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(fallback, _offline_text())
         note = (
             f"{path} is missing and could not be downloaded from {url} ({e}).\n"
@@ -184,7 +182,6 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
             ids = tok.encode(text)
         except ValueError as e:
             raise DataError(f"corpus {str(path)!r} does not fit the checkpoint's vocabulary: {e}") from None
-        cache_dir.mkdir(parents=True, exist_ok=True)
         for name, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
             write_atomic(cache_dir / f"{name}.bin", part.tofile)
         meta = {"fingerprint": fingerprint, "chars": tok.chars, "dtype": tok.dtype.name,

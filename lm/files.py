@@ -8,11 +8,13 @@ from typing import IO, Callable
 
 
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write path through write(f): into a temporary file beside it (``.NAME.tmp-PID``) that is flushed
-    to disk and then renamed over path. Readers see the old file or the new one, never part of one;
-    when anything fails, the old file stays as it was, the temporary is removed, and the error is raised.
+    """Write path through write(f): into a temporary file beside it (``.NAME.tmp-PID``, its directory
+    created if missing) that is flushed to disk and then renamed over path. Readers see the old file
+    or the new one, never part of one; when anything fails, the old file stays as it was, the
+    temporary is removed, and the error is raised.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:

@@ -144,21 +144,27 @@ def _describe(out_dir: Path, info: dict | None) -> str:
     return f"{str(out_dir)!r} holds run {info['run_id']}"
 
 
-def last_logged_step(out_dir: Path) -> int | None:
-    """The last training step that out_dir's metrics.jsonl records (None without one): how far its run got."""
-    try:
-        lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    steps = []
-    for line in lines:
+def read_metrics(path: Path) -> list[tuple[str, dict]]:
+    """metrics.jsonl as (line, record) pairs, without the lines that are not a JSON object (e.g. one
+    cut short by a crash). Raises OSError when the file cannot be read."""
+    pairs = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            steps.append(record["step"])
-    return max(steps, default=None)
+        if isinstance(record, dict):
+            pairs.append((line, record))
+    return pairs
+
+
+def last_logged_step(out_dir: Path) -> int | None:
+    """The last training step that out_dir's metrics.jsonl records (None without one): how far its run got."""
+    try:
+        records = read_metrics(out_dir / "metrics.jsonl")
+    except OSError:
+        return None
+    return max((r["step"] for _, r in records if isinstance(r.get("step"), int)), default=None)
 
 
 def claim(out_dir: Path, resume_path: Path | None, resume_ckpt: dict | None, overwrite: bool) -> tuple[dict, bool]:

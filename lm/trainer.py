@@ -135,16 +135,10 @@ class MetricsLog:
         self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
         if resume_step is not None and path.exists():
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                records = rundir.read_metrics(path)
             except OSError as e:
                 raise OutputError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-            for line in text.splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:  # a line cut short by a crash
-                    continue
-                if isinstance(record, dict) and record.get("step", 0) <= resume_step and not _is_final(record):
-                    self.kept.append(line)
+            self.kept = [line for line, r in records if r.get("step", 0) <= resume_step and not _is_final(r)]
 
     def write(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
