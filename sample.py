@@ -5,6 +5,7 @@ Language model: stream text to stdout as it is produced.
         --max_new_tokens 500 --temperature 0.8 --top_k 40 --top_p 0.95 --num_samples 3 --seed 1
 Seq2seq task: print the model's output for one source sequence (greedy, or beam search).
     python sample.py --checkpoint out/reverse/best.pt --input "5 7 9 2" [--beam 4]
+    python sample.py --checkpoint out/grid/best.pt --input "012/340/567"   (grid: rows separated by /)
 
 Needs nothing but the checkpoint: the model's config and vocabulary are inside it.
 
@@ -26,6 +27,7 @@ import torch
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.generate import beam_search, check_sampling, generate, greedy_decode
+from lm.layout import positions
 from lm.tasks import BOS, EOS, PAD
 from lm.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
@@ -49,7 +51,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=1337, help="random seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
-    p.add_argument("--input", default=None, help='seq2seq checkpoints: the source, e.g. "5 7 9 2" or "123+45"')
+    p.add_argument("--input", default=None,
+                   help='seq2seq checkpoints: the source, e.g. "5 7 9 2", "123+45" or a grid "012/340/567"')
     p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1 = greedy decoding)")
     p.add_argument("--length_penalty", type=float, default=0.6, help="seq2seq beam search: GNMT alpha (0 = none)")
     return p.parse_args(argv)
@@ -97,8 +100,10 @@ def sample_text(args, model, tokenizer, cfg, device) -> int:
 
 
 def input_length(task, symbols: list[int]) -> int:
-    """The length of a parsed source as training counts it (lm.tasks): its number of symbols, or
-    for add the number of digits of the longer operand (leading zeros not counted)."""
+    """The length of a parsed source as training counts it (lm.tasks): its number of symbols, for add
+    the number of digits of the longer operand (leading zeros not counted), for grid its longer side."""
+    if task.name == "grid":
+        return task.side(symbols)
     if task.name != "add":
         return len(symbols)
     plus = symbols.index(task.plus)
@@ -115,7 +120,7 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
     n, lo, hi = input_length(task, symbols), cfg.data.min_len, cfg.data.max_len
     if lo <= n <= hi:
         return
-    what = "digits in the longer number" if task.name == "add" else "symbols"
+    what = {"add": "digits in the longer number", "grid": "cells on the longer side"}.get(task.name, "symbols")
     side = "longer" if n > hi else "shorter"
     print(f"warning: the input has length {n} ({what}), {side} than the lengths {lo}..{hi} this model was "
           f"trained on; its output is likely wrong", file=sys.stderr)
@@ -124,8 +129,9 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
 def transduce(args, model, task, cfg, device) -> int:
     """Seq2seq task: decode the output for one source sequence and print it."""
     if args.input is None:
+        example = {"add": "123+45", "grid": "012/340/567"}.get(cfg.data.task, "5 7 9 2")
         raise ValueError(f"{args.checkpoint} was trained on task {cfg.data.task!r}: give the source with --input, "
-                         f"e.g. --input \"{'123+45' if cfg.data.task == 'add' else '5 7 9 2'}\"")
+                         f"e.g. --input \"{example}\"")
     if args.prompt is not None or args.prompt_file is not None:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
@@ -137,12 +143,19 @@ def transduce(args, model, task, cfg, device) -> int:
         raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {cfg.model.block_size}")
     src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
     mask = torch.ones_like(src, dtype=torch.bool)
-    n = cfg.model.block_size
+    # the positions evaluation uses (lm.layout): None for consecutive ones; with explicit ones,
+    # decoding stops after as many tokens as the task's output can have
+    src_pos, tgt_pos = (None if t is None else t.to(device)
+                        for t in positions(task, cfg.model.pos_encoding, [src_ids], cfg.model.block_size))
+    if tgt_pos is not None and tgt_pos.size(1) > cfg.model.block_size:
+        raise ValueError(f"the output of this input needs {tgt_pos.size(1)} positions; this model has "
+                         f"{cfg.model.block_size} (block_size)")
+    n = cfg.model.block_size if tgt_pos is None else tgt_pos.size(1)
+    decode = dict(use_cache=not args.no_cache, src_pos=src_pos, tgt_pos=tgt_pos)
     if args.beam == 1:
-        out = greedy_decode(model, src, mask, n, BOS, EOS, PAD, use_cache=not args.no_cache)
+        out = greedy_decode(model, src, mask, n, BOS, EOS, PAD, **decode)
     else:
-        out = beam_search(model, src, mask, n, BOS, EOS, PAD, beam=args.beam, alpha=args.length_penalty,
-                          use_cache=not args.no_cache)
+        out = beam_search(model, src, mask, n, BOS, EOS, PAD, beam=args.beam, alpha=args.length_penalty, **decode)
     tokens = out[0].tolist()
     if EOS not in tokens:
         print(f"note: no end-of-sequence token within {n} output tokens", file=sys.stderr)

@@ -36,12 +36,16 @@ class DataConfig:
     val_fraction: float = 0.1
     # background processes that assemble batches (0 = in the training process)
     num_workers: int = 0
-    # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add
+    # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
     # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
     task: str = "lm"
-    # tasks: number of distinct symbols (for add: the number base, 2..10)
+    # task grid: the operation on the grid: rotate (90 degrees clockwise) | transpose | flip
+    # (left-right) | gravity (coloured cells fall to the bottom of their column)
+    grid_op: str = "rotate"
+    # tasks: number of distinct symbols (for add: the number base, 2..10; for grid: colours, 2..10)
     num_symbols: int = 10
-    # tasks: shortest and longest training sequence (for add: digits of the longer operand)
+    # tasks: shortest and longest training sequence (for add: digits of the longer operand;
+    # for grid: the side, rows and columns each drawn in min_len..max_len)
     min_len: int = 1
     max_len: int = 16
     # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none)
@@ -64,8 +68,13 @@ class ModelConfig:
     dropout: float = 0.0
     # learnable biases in linear layers and LayerNorms
     bias: bool = True
-    # positional encoding added to token embeddings: learned | sinusoidal | none
+    # positions: learned | sinusoidal | rope | none | randomized (seq2seq tasks: length
+    # generalisation) | learned_2d | sinusoidal_2d | rope_2d (task grid: row and column)
     pos_encoding: str = "learned"
+    # attention: standard | differential (Differential Transformer; needs an even num_heads)
+    attention: str = "standard"
+    # where each block's LayerNorms sit: pre (x + f(LN(x)), GPT-2) | post (LN(x + f(x)), the original)
+    norm_placement: str = "pre"
     # vocabulary size; set from the corpus (or task) at the start of a run, 0 = not yet known
     vocab_size: int = 0
     # encoder-decoder only: source and target share one embedding table
@@ -139,8 +148,12 @@ for _section, _cls in _SECTION_CLASSES.items():
         assert _f.name not in FIELD_SECTION, f"field name {_f.name!r} is not unique"
         FIELD_SECTION[_f.name] = _section
 
-POS_ENCODINGS = ("learned", "sinusoidal", "none")
-TASKS = ("lm", "copy", "reverse", "sort", "add")
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none", "randomized", "learned_2d", "sinusoidal_2d", "rope_2d")
+GRID_ENCODINGS = ("learned_2d", "sinusoidal_2d", "rope_2d")  # positions are (row, column): task grid only
+ATTENTIONS = ("standard", "differential")
+NORM_PLACEMENTS = ("pre", "post")
+TASKS = ("lm", "copy", "reverse", "sort", "add", "grid")
+GRID_OPS = ("rotate", "transpose", "flip", "gravity")
 LR_SCHEDULES = ("cosine", "noam")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -355,6 +368,8 @@ def validate(cfg: Config) -> None:
         need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
         need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
              "for task add it is the number base, 2..10")
+        need(d.task != "grid" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
+             "for task grid it is the number of colours, 2..10 (each written as one digit)")
         need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1")
         need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
         need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
@@ -363,12 +378,33 @@ def validate(cfg: Config) -> None:
         need(t.epochs is None, "epochs", t.epochs,
              "generated tasks have no fixed data to pass over; set max_iters instead (epochs: null)")
         need(t.max_iters is not None, "max_iters", t.max_iters, "generated tasks need max_iters (a number of steps)")
+    need(d.grid_op in GRID_OPS, "grid_op", d.grid_op, f"choose one of: {', '.join(GRID_OPS)}")
     for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
         need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
     need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
          f"it must be divisible by num_heads ({m.num_heads})")
     need(0.0 <= m.dropout < 1.0, "dropout", m.dropout, "it must be in [0, 1)")
     need(m.pos_encoding in POS_ENCODINGS, "pos_encoding", m.pos_encoding, f"choose one of: {', '.join(POS_ENCODINGS)}")
+    need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
+         f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
+         f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
+    need(m.pos_encoding != "randomized" or d.task != "lm", "pos_encoding", m.pos_encoding,
+         "randomized positions are a length-generalisation method for the seq2seq tasks (copy, reverse, ...); "
+         "for task lm use learned, sinusoidal, rope or none")
+    head_dim = m.embedding_dim // m.num_heads
+    need(m.pos_encoding != "rope" or head_dim % 2 == 0, "pos_encoding", m.pos_encoding,
+         f"rope needs an even head width, embedding_dim / num_heads = {head_dim}")
+    need(m.pos_encoding != "rope_2d" or head_dim % 4 == 0, "pos_encoding", m.pos_encoding,
+         f"rope_2d needs a head width divisible by 4, embedding_dim / num_heads = {head_dim}")
+    need(m.pos_encoding not in ("sinusoidal", "learned_2d") or m.embedding_dim % 2 == 0, "embedding_dim",
+         m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
+    need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
+         "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
+    need(m.attention in ATTENTIONS, "attention", m.attention, f"choose one of: {', '.join(ATTENTIONS)}")
+    need(m.attention != "differential" or m.num_heads % 2 == 0, "num_heads", m.num_heads,
+         "attention differential pairs heads (num_heads / 2 differential heads): it must be even")
+    need(m.norm_placement in NORM_PLACEMENTS, "norm_placement", m.norm_placement,
+         f"choose one of: {', '.join(NORM_PLACEMENTS)}")
     need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
     need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")
     for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):

@@ -83,31 +83,44 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 
 # ----------------------------------------------------------------------------- encoder-decoder decoding
 
-def _decoder_step(model, ys, memory, src_mask, cache):
-    """Logits for the next token (B, V): with a cache feed only the newest token, else the whole prefix."""
+def _decoder_step(model, ys, memory, src_mask, cache, tgt_pos=None):
+    """Logits for the next token (B, V): with a cache feed only the newest token, else the whole prefix.
+    tgt_pos: (B, L, ...) positions of every decoder input (None: consecutive)."""
+    t = ys.size(1)
     if cache is not None:
-        logits, _ = model.decode(ys[:, -1:], memory, src_mask, cache=cache)
+        pos = None if tgt_pos is None else tgt_pos[:, t - 1 : t]
+        logits, _ = model.decode(ys[:, -1:], memory, src_mask, cache=cache, pos=pos)
     else:
-        logits, _ = model.decode(ys, memory, src_mask)
+        pos = None if tgt_pos is None else tgt_pos[:, :t]
+        logits, _ = model.decode(ys, memory, src_mask, pos=pos)
     return logits[:, -1].float()
+
+
+def _decoding_steps(max_len: int, tgt_pos: torch.Tensor | None) -> int:
+    """At most max_len tokens, and no more than tgt_pos has positions for."""
+    return max_len if tgt_pos is None else min(max_len, tgt_pos.size(1))
 
 
 @torch.no_grad()
 def greedy_decode(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int, bos: int, eos: int,
-                  pad: int, use_cache: bool = True) -> torch.Tensor:
+                  pad: int, use_cache: bool = True, src_pos: torch.Tensor | None = None,
+                  tgt_pos: torch.Tensor | None = None) -> torch.Tensor:
     """Most likely token at each step, until every row has produced EOS or max_len tokens.
 
     src: (B, S). Returns (B, L) generated tokens (EOS included, PAD after it). The source's
-    cross-attention keys/values are computed once and kept in the cache.
+    cross-attention keys/values are computed once and kept in the cache. src_pos, tgt_pos: positions
+    of the source and of every decoder input (lm.layout; None = consecutive); decoding stops after
+    as many tokens as tgt_pos has positions.
     """
     model.eval()
     B = src.size(0)
-    memory = model.encode(src, src_mask)  # (B, S, C)
+    max_len = _decoding_steps(max_len, tgt_pos)
+    memory = model.encode(src, src_mask, src_pos)  # (B, S, C)
     ys = torch.full((B, 1), bos, dtype=torch.long, device=src.device)
     cache = model.new_cache() if use_cache else None
     done = torch.zeros(B, dtype=torch.bool, device=src.device)
     for _ in range(max_len):
-        nxt = _decoder_step(model, ys, memory, src_mask, cache).argmax(-1)  # (B,)
+        nxt = _decoder_step(model, ys, memory, src_mask, cache, tgt_pos).argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         ys = torch.cat([ys, nxt[:, None]], dim=1)
         done |= nxt == eos
@@ -133,7 +146,8 @@ def _future_bound(live_scores: torch.Tensor, length: int, max_len: int, alpha: f
 
 @torch.no_grad()
 def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len: int, bos: int, eos: int,
-                pad: int, beam: int = 4, alpha: float = 0.6, use_cache: bool = True) -> torch.Tensor:
+                pad: int, beam: int = 4, alpha: float = 0.6, use_cache: bool = True,
+                src_pos: torch.Tensor | None = None, tgt_pos: torch.Tensor | None = None) -> torch.Tensor:
     """Beam search for argmax_Y log P(Y | X) / lp(Y), with lp(Y) = ((5 + |Y|) / 6) ** alpha (GNMT).
 
     Per source, `beam` (K) live (unfinished) hypotheses. At step t every live hypothesis is extended
@@ -147,15 +161,19 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len
     src: (B, S). Returns (B, L): per source the best finished hypothesis by normalised score (the
     best live one if none finished), EOS included, PAD after it. The K live hypotheses of all
     sources are rows of one (B * K) batch; after each step the cache follows the surviving rows.
+    src_pos, tgt_pos: positions as for greedy_decode (a source's K hypotheses share them).
     """
     if beam < 1:
         raise ValueError(f"beam {beam} is not allowed; it must be >= 1")
     B, K = src.size(0), beam
+    max_len = _decoding_steps(max_len, tgt_pos)
     if max_len < 1:
         return src.new_full((B, 0), pad)
     model.eval()
     device = src.device
-    memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # (B*K, S, C)
+    memory = model.encode(src, src_mask, src_pos).repeat_interleave(K, dim=0)  # (B*K, S, C)
+    if tgt_pos is not None:
+        tgt_pos = tgt_pos.repeat_interleave(K, dim=0)  # (B*K, L, ...): a source's hypotheses share positions
     mask = src_mask.repeat_interleave(K, dim=0) if src_mask is not None else None  # (B*K, S)
     ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)  # live hypotheses, BOS first
     scores = torch.full((B, K), float("-inf"), device=device)
@@ -166,7 +184,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len
     first = torch.arange(B, device=device)[:, None] * K  # (B, 1) row of each source's first hypothesis
     cache = model.new_cache() if use_cache else None
     for t in range(1, max_len + 1):
-        logp = torch.log_softmax(_decoder_step(model, ys, memory, mask, cache), dim=-1)  # (B*K, V)
+        logp = torch.log_softmax(_decoder_step(model, ys, memory, mask, cache, tgt_pos), dim=-1)  # (B*K, V)
         V = logp.size(-1)
         candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
         # at most K extensions end in EOS (one per live hypothesis): the 2K best hold K without EOS

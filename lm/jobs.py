@@ -21,6 +21,7 @@ from .config import Config, ConfigError
 from .data import batch_iterator, obtain_corpus, prepare_corpus, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .generate import greedy_decode
+from .layout import positions
 from .nn import GPT, EncoderDecoder
 from .nn.models import token_loss
 from .padding import pad_sequences
@@ -123,6 +124,10 @@ def collate(pairs: list[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, ...
     return src, src_mask, tgt_in, tgt_out
 
 
+def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if t is None else t.to(device, non_blocking=True)
+
+
 class Seq2SeqJob:
     """A generated task (copy, reverse, sort, add) on an encoder-decoder: fresh examples every step,
     fixed held-out sets of the trained lengths and of longer ones."""
@@ -131,7 +136,7 @@ class Seq2SeqJob:
         self.cfg = cfg
         d = cfg.data
         longest = max(d.max_len, d.eval_long_len)
-        self.task: Task = make_task(d.task, d.num_symbols, longest)
+        self.task: Task = make_task(d.task, d.num_symbols, longest, d.grid_op)
         self.vocab = self.task
         need = max(self.task.max_lengths(longest))
         if cfg.model.block_size < need:
@@ -149,10 +154,21 @@ class Seq2SeqJob:
     def steps_per_epoch(self) -> None:
         return None  # fresh examples every step: no epochs (the config must set max_iters)
 
-    def batch(self, index: int) -> tuple[torch.Tensor, ...]:
+    def positions(self, pairs, g: torch.Generator | None = None):
+        """(src_pos, tgt_pos) of these examples (None, None: the model's consecutive default); random
+        positions drawn from g in training, evenly spread ones (g None) in evaluation (see lm.layout)."""
+        return positions(self.task, self.cfg.model.pos_encoding, [s for s, _ in pairs], self.cfg.model.block_size, g)
+
+    def batch(self, index: int) -> tuple:
+        """Training batch `index`: (src, src_mask, tgt_in, tgt_out, src_pos, tgt_pos), a pure function of
+        (seed, index); the positions are None unless the encoding needs them from the task."""
         c = self.cfg
         g = seeded_generator(c.train.seed, TRAIN_STREAM, index)
-        return collate(self.task.examples(c.train.batch_size, c.data.min_len, c.data.max_len, g))
+        pairs = self.task.examples(c.train.batch_size, c.data.min_len, c.data.max_len, g)
+        src_pos, tgt_pos = self.positions(pairs, g)
+        if tgt_pos is not None:
+            tgt_pos = tgt_pos[:, : max(len(t) for _, t in pairs) + 1]  # the decoder inputs: BOS + target
+        return (*collate(pairs), src_pos, tgt_pos)
 
     def batches(self, start: int) -> Iterator:
         index = start
@@ -161,10 +177,11 @@ class Seq2SeqJob:
             index += 1
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
-        src, src_mask, tgt_in, tgt_out = (t.to(device, non_blocking=True) for t in batch)
+        src, src_mask, tgt_in, tgt_out, src_pos, tgt_pos = (_to(t, device) for t in batch)
         # label smoothing never puts probability on PAD or BOS: neither is ever a right output
         _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
-                        label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS))
+                        label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS),
+                        src_pos=src_pos, tgt_pos=tgt_pos)
         return loss, int(src_mask.sum() + (tgt_out != PAD).sum())
 
     @torch.no_grad()
@@ -177,10 +194,14 @@ class Seq2SeqJob:
         model.eval()
         loss_sum, loss_count, right, tokens, exact = 0.0, 0, 0, 0, 0
         for i in range(0, len(pairs), chunk):
-            src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(pairs[i : i + chunk]))
+            part = pairs[i : i + chunk]
+            src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(part))
+            src_pos, tgt_pos = (_to(t, device) for t in self.positions(part))  # evenly spread: evaluation
             with autocast(device, dtype):
-                _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD)
-                out = greedy_decode(model, src, src_mask, tgt_out.size(1), BOS, EOS, PAD)
+                _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, src_pos=src_pos,
+                                tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
+                out = greedy_decode(model, src, src_mask, tgt_out.size(1), BOS, EOS, PAD, src_pos=src_pos,
+                                    tgt_pos=tgt_pos)
             n_real = int((tgt_out != PAD).sum())
             loss_sum, loss_count = loss_sum + loss.item() * n_real, loss_count + n_real
             width = tgt_out.size(1)

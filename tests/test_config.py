@@ -78,7 +78,7 @@ def test_required_bare_names_are_overridable(name):
     ("embedding_dim: 100\nnum_heads: 3\n", ["embedding_dim", "100", "divisible by num_heads (3)"]),
     ("eval_interval: 0\n", ["eval_interval", "0", "positive"]),
     ("dropout: 1.5\n", ["dropout", "1.5", "[0, 1)"]),
-    ("pos_encoding: rotary9\n", ["pos_encoding", "rotary9", "learned, sinusoidal, none"]),
+    ("pos_encoding: rotary9\n", ["pos_encoding", "rotary9", "learned, sinusoidal, rope, none, randomized"]),
     ("device: tpu\n", ["device", "tpu", "auto, cpu"]),
     ("dtype: fp8\n", ["dtype", "fp8", "float32"]),
     ("lr: .inf\n", ["lr", "finite"]),

@@ -128,7 +128,8 @@ def test_a_query_with_no_allowed_key_gives_zero_in_both_attention_paths(use_sdpa
 
 
 def test_unknown_positional_encoding_lists_valid_names():
-    with pytest.raises(ValueError, match="learned, sinusoidal, none"):
+    with pytest.raises(ValueError, match="learned, sinusoidal, rope, none, learned_2d, sinusoidal_2d, rope_2d, "
+                                         "randomized"):
         make_positional("alibi", 8, 16)
 
 

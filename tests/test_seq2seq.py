@@ -159,7 +159,7 @@ class TableModel:
     def eval(self):
         return self
 
-    def encode(self, src, src_mask=None):
+    def encode(self, src, src_mask=None, pos=None):
         return src[:, :1, None].float()  # (B, 1, 1): the memory is the source id
 
     def new_cache(self):
@@ -169,7 +169,7 @@ class TableModel:
         eos_only = [1.0 if i == EOS else 0.0 for i in range(self.vocab)]
         return self.table.get((source, prefix), eos_only)
 
-    def decode(self, tgt, memory, src_mask=None, *, cache=None):
+    def decode(self, tgt, memory, src_mask=None, *, cache=None, pos=None):
         seen = cache[0].append(tgt) if cache is not None else tgt  # (B, T), BOS first
         rows = [self.probs(int(m), tuple(p[1:])) for m, p in zip(memory[:, 0, 0], seen.tolist())]
         return torch.tensor(rows).log()[:, None], None  # (B, 1, V) log-probabilities as logits
@@ -324,7 +324,7 @@ def test_loss_ignores_padding_and_smooths_labels():
     cfg = config.load(None, ["--task=copy", "--label_smoothing=0.1", "--max_len=4", "--eval_long_len=4",
                              "--held_out_size=2"])
     job = Seq2SeqJob(cfg, None, None, lambda event: None)
-    smoothed, _ = job.loss(model, (src, src_mask, tgt_in, tgt_out), torch.device("cpu"))
+    smoothed, _ = job.loss(model, (src, src_mask, tgt_in, tgt_out, None, None), torch.device("cpu"))
     q = smoothed_target(tgt_out[real], 13, 0.1, never=(PAD, BOS))
     torch.testing.assert_close(smoothed, -(q * logits[real].log_softmax(-1)).sum(-1).mean())
     assert smoothed.item() != pytest.approx(loss.item())

@@ -96,8 +96,11 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_weights: bool = False):
+                cache: KVCache | None = None, return_weights: bool = False, rope=None):
         """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
+
+        rope: a Rotation (lm.nn.position) for these T positions, or None; self-attention rotates its
+        queries and this call's keys with it (before caching them), cross-attention never does.
 
         Returns (y, weights): y is (B, T, C); weights is (B, nh, T, T_k) when return_weights, else None.
         """
@@ -109,6 +112,8 @@ class MultiHeadAttention(nn.Module):
             source = x if context is None else context
             k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
             k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
+            if rope is not None and context is None:
+                q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
             if cache is not None:
                 k, v = cache.append(k, v)  # self-attention: past + new positions
         t_k = k.size(2)

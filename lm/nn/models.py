@@ -26,7 +26,14 @@ def init_weights(model: nn.Module, num_blocks: int) -> None:
 
 
 class Embedder(nn.Module):
-    """Token embedding plus positional encoding, then dropout: h_0 = Dropout(E[tokens] + PE[positions])."""
+    """Token embedding plus positional encoding, then dropout:
+
+        h_0 = Dropout(s E[tokens] + PE[positions])
+
+    with s = 1, or sqrt(C) for the sinusoidal encodings (as in "Attention Is All You Need"). A
+    rotary encoding adds nothing here: forward also returns the Rotation that self-attention
+    applies to queries and keys (None for the others).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -34,23 +41,39 @@ class Embedder(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (> 0) before building a model")
         self.block_size = cfg.block_size
         self.tok = nn.Embedding(cfg.vocab_size, cfg.embedding_dim)
-        self.pos = make_positional(cfg.pos_encoding, cfg.block_size, cfg.embedding_dim)
+        self.pos = make_positional(cfg.pos_encoding, cfg.block_size, cfg.embedding_dim, cfg.num_heads)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, start: int = 0, pos: torch.Tensor | None = None):
+        """idx: (B, T) token ids; start: position of the first one (with a cache), used when pos is None;
+        pos: explicit positions (see lm.nn.position) for these T tokens. Returns (h_0 (B, T, C), rope)."""
         B, T = idx.shape
         if start + T > self.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}")
+        if pos is None:
+            pos = self.pos.consecutive(start, T, idx.device)  # (T,) or (T, 2)
+        else:
+            self.pos.check(pos, T)
         x = self.tok(idx)  # (B, T, C)
-        pe = self.pos(start, T)
+        if self.pos.token_scale != 1.0:
+            x = x * self.pos.token_scale
+        pe = self.pos(pos)
         if pe is not None:
-            x = x + pe  # (T, C) broadcast over the batch
-        return self.drop(x)
+            x = x + pe  # (T, C) or (B, T, C)
+        return self.drop(x), self.pos.rotation(pos)
 
 
 def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:
     return nn.ModuleList(Block(cfg.embedding_dim, cfg.num_heads, cfg.dropout, cfg.bias, causal=causal,
-                               cross_attention=cross_attention) for _ in range(cfg.num_blocks))
+                               cross_attention=cross_attention, attention=cfg.attention,
+                               norm_placement=cfg.norm_placement, layer=layer)
+                         for layer in range(1, cfg.num_blocks + 1))
+
+
+def _final_norm(cfg: ModelConfig) -> nn.Module:
+    """LayerNorm after the last block with pre-norm blocks; with post-norm the last block's output
+    is already normalised, so nothing."""
+    return nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
@@ -98,7 +121,7 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.embed = Embedder(cfg)
         self.blocks = _stack(cfg, causal=True, cross_attention=False)
-        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        self.ln_f = _final_norm(cfg)
         self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.tok.weight  # weight tying
         init_weights(self, cfg.num_blocks)
@@ -109,19 +132,20 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: list[LayerCache] | None = None, last_only: bool = False,
-                return_weights: bool = False):
+                return_weights: bool = False, pos: torch.Tensor | None = None):
         """idx: (B, T) token ids. With a cache, idx holds only the new tokens and positions
-        continue after the cached ones.
+        continue after the cached ones. pos: explicit positions of these tokens (default
+        consecutive; see lm.nn.position).
 
         Returns (logits, loss, weights): logits (B, T, V) or (B, 1, V) with last_only; loss is the
         mean cross-entropy against targets (B, T) or None; weights is a list (one per block) of
         (B, nh, T, T_k) attention weights when return_weights, else None.
         """
         start = len(cache[0].self_attn) if cache else 0
-        x = self.embed(idx, start)  # (B, T, C)
+        x, rope = self.embed(idx, start, pos)  # (B, T, C)
         weights = [] if return_weights else None
         for i, block in enumerate(self.blocks):
-            x, w = block(x, cache=cache[i] if cache else None, return_weights=return_weights)
+            x, w = block(x, cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
             if return_weights:
                 weights.append(w["self"])
         x = self.ln_f(x)
@@ -160,18 +184,21 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.embed = embed or Embedder(cfg)
         self.blocks = _stack(cfg, causal=False, cross_attention=False)
-        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        self.ln_f = _final_norm(cfg)
         if embed is None:
             init_weights(self, cfg.num_blocks)
 
     def forward(self, src: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
-                attn_mask: torch.Tensor | None = None, return_weights: bool = False):
+                attn_mask: torch.Tensor | None = None, return_weights: bool = False,
+                pos: torch.Tensor | None = None):
         """src: (B, S) ids; padding_mask: (B, S) True at real tokens; attn_mask: (S, S) or (B, S, S)
-        boolean adjacency. Returns (states (B, S, C), weights: list per block or None)."""
-        x = self.embed(src)
+        boolean adjacency; pos: the tokens' positions (default 0..S-1; see lm.nn.position).
+        Returns (states (B, S, C), weights: list per block or None)."""
+        x, rope = self.embed(src, 0, pos)
         weights = [] if return_weights else None
         for block in self.blocks:
-            x, w = block(x, padding_mask=padding_mask, attn_mask=attn_mask, return_weights=return_weights)
+            x, w = block(x, padding_mask=padding_mask, attn_mask=attn_mask, return_weights=return_weights,
+                         rope=rope)
             if return_weights:
                 weights.append(w["self"])
         return self.ln_f(x), weights
@@ -191,7 +218,7 @@ class EncoderDecoder(nn.Module):
         self.tgt_embed = src_embed if cfg.share_embeddings else Embedder(cfg)
         self.encoder = Encoder(cfg, src_embed)
         self.blocks = _stack(cfg, causal=True, cross_attention=True)
-        self.ln_f = nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias)
+        self.ln_f = _final_norm(cfg)
         self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
         self.head.weight = self.tgt_embed.tok.weight  # tied to the target embedding
         init_weights(self, cfg.num_blocks)
@@ -200,34 +227,38 @@ class EncoderDecoder(nn.Module):
         """Per decoder block: self-attention keys/values, and the source's cross-attention keys/values."""
         return [LayerCache() for _ in self.blocks]
 
-    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, S) source ids -> (B, S, C) memory."""
-        return self.encoder(src, src_mask)[0]
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
+               pos: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, S) source ids -> (B, S, C) memory. pos: the source's positions (default 0..S-1)."""
+        return self.encoder(src, src_mask, pos=pos)[0]
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None,
                tgt_mask: torch.Tensor | None = None, *, cache: list[LayerCache] | None = None,
-               return_weights: bool = False):
-        """tgt: (B, T) target ids so far (only the new ones with a cache). Returns (logits (B, T, V), weights)."""
+               return_weights: bool = False, pos: torch.Tensor | None = None):
+        """tgt: (B, T) target ids so far (only the new ones with a cache); pos: their positions (default
+        consecutive, continuing after the cached ones). Returns (logits (B, T, V), weights)."""
         start = len(cache[0].self_attn) if cache else 0
-        x = self.tgt_embed(tgt, start)
+        x, rope = self.tgt_embed(tgt, start, pos)
         weights = [] if return_weights else None
         for i, block in enumerate(self.blocks):
             x, w = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
-                         cache=cache[i] if cache else None, return_weights=return_weights)
+                         cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
             if return_weights:
                 weights.append(w)
         return self.head(self.ln_f(x)), weights
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
                 tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
-                pad_id: int = -100, label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = ()):
+                pad_id: int = -100, label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = (),
+                src_pos: torch.Tensor | None = None, tgt_pos: torch.Tensor | None = None):
         """Teacher forcing: tgt (B, T) is the decoder input (BOS + target), targets (B, T) the expected
         output (target + EOS), padded with pad_id, which the loss ignores. Returns (logits, loss).
+        src_pos, tgt_pos: positions of source and decoder input (default consecutive from 0).
 
         Label smoothing spreads its mass only over valid outputs (see token_loss): every class but
         no_smooth_ids (e.g. PAD and BOS, which are never a right output; the seq2seq job passes them).
         """
-        logits, _ = self.decode(tgt, self.encode(src, src_mask), src_mask, tgt_mask)
+        logits, _ = self.decode(tgt, self.encode(src, src_mask, src_pos), src_mask, tgt_mask, pos=tgt_pos)
         loss = None
         if targets is not None:
             loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing,
