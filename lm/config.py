@@ -388,6 +388,9 @@ def validate(cfg: Config) -> None:
     need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
          f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
          f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
+    need(m.pos_encoding != "none" or d.task in ("lm", "sort"), "pos_encoding", m.pos_encoding,
+         f"without positions the encoder sees its source as an unordered bag of symbols, and task {d.task!r} "
+         f"depends on their order; use another encoding (none suits lm, whose causal mask gives order, and sort)")
     need(m.pos_encoding != "randomized" or d.task != "lm", "pos_encoding", m.pos_encoding,
          "randomized positions are a length-generalisation method for the seq2seq tasks (copy, reverse, ...); "
          "for task lm use learned, sinusoidal, rope or none")

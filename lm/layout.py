@@ -41,6 +41,8 @@ def _symbols(ids: list[int]) -> list[int]:
 
 def _spread(k: int, block_size: int, g: torch.Generator | None) -> torch.Tensor:
     """k sorted distinct positions in 0..block_size-1: random (g given) or evenly spread (g None)."""
+    if k > block_size:
+        raise ValueError(f"an example needs {k} positions and block_size is {block_size}: raise block_size")
     if g is not None:
         return torch.randperm(block_size, generator=g)[:k].sort().values
     if k == 1:

@@ -1,0 +1,742 @@
+"""Every model variant by name on every model kind: pos_encoding (1D: learned, sinusoidal, rope, none,
+randomized; 2D: learned_2d, sinusoidal_2d, rope_2d) x attention (standard, differential) x norm_placement
+(pre, post), on GPT, Encoder and EncoderDecoder.
+
+Causality and bidirectionality, cached == uncached decoding, SDPA == the explicit path, padding, a few
+training steps, RoPE's relative scores, config errors, checkpoints through the real CLIs, and lm.layout.
+
+Positions: GPT always uses its default (consecutive) ones. The Encoder and EncoderDecoder use their default
+for the consecutive encodings and for randomized ("default" mode), and the positions lm.layout gives a
+GridTask batch for the 2D encodings and for randomized ("layout" mode).
+"""
+
+import itertools
+import math
+import os
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from conftest import offline_text
+from helpers import TIMEOUT, popen, tiny
+from lm import config
+from lm.checkpoint import load as load_checkpoint
+from lm.checkpoint import load_model
+from lm.config import ConfigError, ModelConfig
+from lm.generate import beam_search, generate, greedy_decode
+from lm.jobs import collate, make_model
+from lm.layout import positions
+from lm.nn import GPT, Encoder, EncoderDecoder
+from lm.nn.block import ATTENTION, RESIDUAL, make_attention, make_residual
+from lm.nn.position import POSITIONAL, Rotary2DPositional, RotaryPositional, make_positional
+from lm.tasks import BOS, EOS, PAD, CopyTask, GridTask, ReverseTask, make_task
+
+POS_1D = ("learned", "sinusoidal", "rope", "none", "randomized")
+POS_2D = ("learned_2d", "sinusoidal_2d", "rope_2d")
+ATTENTIONS = ("standard", "differential")
+NORMS = ("pre", "post")
+
+VARIANTS_1D = list(itertools.product(POS_1D, ATTENTIONS, NORMS))  # GPT
+VARIANTS = list(itertools.product(POS_1D + POS_2D, ATTENTIONS, NORMS))  # every variant by name
+# Encoder / EncoderDecoder: (pos, attention, norm, where the positions come from)
+CASES = [(p, a, n, mode) for p, a, n in VARIANTS
+         for mode in (("layout",) if p in POS_2D else ("default", "layout") if p == "randomized" else ("default",))]
+
+VOCAB = 13  # 3 specials + 10 symbols: CopyTask(10), GridTask(9) (9 colours and the separator)
+BLOCK = 24
+GRID = GridTask(9, "rotate")
+SHAPES = ((3, 3), (2, 3), (1, 2))  # grids of 11, 7 and 2 source tokens: a padded batch
+KINDS = {"gpt": GPT, "encoder": Encoder, "seq2seq": EncoderDecoder}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The models are tiny: one intra-op thread is fastest, and several stall badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def build(kind, pos, attn, norm, block_size=BLOCK, seed=0):
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=VOCAB, block_size=block_size, num_blocks=2, num_heads=2, embedding_dim=16,
+                      pos_encoding=pos, attention=attn, norm_placement=norm)
+    return KINDS[kind](cfg).eval()
+
+
+def set_sdpa(model, on):
+    """use_sdpa on every attention module (standard and differential alike)."""
+    modules = [m for m in model.modules() if hasattr(m, "use_sdpa")]
+    assert modules
+    for m in modules:
+        m.use_sdpa = on
+
+
+def change(x, g):
+    """Other symbol tokens (3..VOCAB-1) than x, at every position."""
+    return (x - 3 + torch.randint(1, VOCAB - 3, x.shape, generator=g)) % (VOCAB - 3) + 3
+
+
+def grid_pairs(shapes=SHAPES, seed=0):
+    """(source ids, target ids) of rotated grids of these shapes."""
+    g = gen(seed)
+    return [tuple(GRID.to_ids(s) for s in GRID.grid_pair(h, w, g)) for h, w in shapes]
+
+
+def layout(pos, mode, pairs, g=None):
+    """(src_pos, tgt_pos) for these pairs: None for the model's default, else lm.layout's (all L slots)."""
+    if mode == "default":
+        return None, None
+    src_pos, tgt_pos = positions(GRID, pos, [s for s, _ in pairs], BLOCK, g)
+    assert src_pos is not None and tgt_pos is not None
+    return src_pos, tgt_pos
+
+
+def upto(tgt_pos, t):
+    return None if tgt_pos is None else tgt_pos[:, :t]
+
+
+def close(a, b, atol=1e-5):
+    torch.testing.assert_close(a, b, atol=atol, rtol=1e-5)
+
+
+def test_parametrisation_covers_every_name():
+    assert set(POS_1D + POS_2D) == set(config.POS_ENCODINGS) == set(POSITIONAL)
+    assert set(POS_2D) == set(config.GRID_ENCODINGS)
+    assert set(ATTENTIONS) == set(config.ATTENTIONS) == set(ATTENTION)
+    assert set(NORMS) == set(config.NORM_PLACEMENTS) == set(RESIDUAL)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("attn,norm", list(itertools.product(ATTENTIONS, NORMS)))
+def test_variant_names_build_what_they_say(kind, attn, norm):
+    """attention picks the module of every self- and cross-attention; norm_placement decides where the
+    LayerNorms sit: post normalises every block's output (and needs no final norm), pre does not."""
+    model = build(kind, "learned", attn, norm)
+    attns = [m for m in model.modules() if hasattr(m, "use_sdpa")]
+    assert len(attns) == (6 if kind == "seq2seq" else 2) and all(type(m) is ATTENTION[attn] for m in attns)
+    if attn == "differential":
+        assert sorted({round(m.lambda_init, 6) for m in attns}) == [0.2, round(0.8 - 0.6 * math.exp(-0.3), 6)]
+    outputs = []  # of the decoder's blocks for seq2seq
+    hooks = [b.register_forward_hook(lambda mod, inp, out: outputs.append(out[0])) for b in model.blocks]
+    src = torch.randint(3, VOCAB, (2, 7), generator=gen(0))
+    model(src, src) if kind == "seq2seq" else model(src)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 2
+    for out in outputs:
+        normalised = torch.allclose(out.mean(-1), torch.zeros(()), atol=1e-5) and \
+            torch.allclose(out.var(-1, unbiased=False), torch.ones(()), atol=1e-3)
+        assert normalised == (norm == "post")
+    assert isinstance(model.ln_f, nn.Identity if norm == "post" else nn.LayerNorm)
+
+
+def test_positional_encodings_add_what_they_say():
+    C, bs = 16, 24
+    pos2d = torch.tensor([[0, 0], [1, 3], [5, 2]])
+    learned = make_positional("learned_2d", bs, C)
+    torch.testing.assert_close(learned(pos2d), torch.cat([learned.row[pos2d[:, 0]], learned.col[pos2d[:, 1]]], -1))
+    sin2d = make_positional("sinusoidal_2d", bs, C)
+    half = C // 2
+
+    def sinusoid(p):  # "Attention Is All You Need", width half
+        i = torch.arange(half // 2)
+        angles = p[:, None].float() / 10000 ** (2 * i / half)
+        return torch.stack([angles.sin(), angles.cos()], -1).flatten(-2)
+
+    torch.testing.assert_close(sin2d(pos2d), torch.cat([sinusoid(pos2d[:, 0]), sinusoid(pos2d[:, 1])], -1))
+    assert sin2d.token_scale == pytest.approx(C ** 0.5)
+    rnd = make_positional("randomized", bs, C)
+    both = torch.tensor([[0, 4], [3, 2], [7, -1]])
+    expected = rnd.start[both[:, 0]] + torch.stack([rnd.end[4], rnd.end[2], torch.zeros(C)])
+    torch.testing.assert_close(rnd(both), expected)
+    assert rnd.consecutive(2, 3).tolist() == [[2, -1], [3, -1], [4, -1]]  # the default: no end channel
+    # a model with randomized positions: the default is consecutive from the start, and the end channel counts
+    model = build("encoder", "randomized", "standard", "pre")
+    src = torch.randint(3, VOCAB, (1, 5), generator=gen(0))
+    start = torch.arange(5)
+    close(model(src)[0], model(src, pos=torch.stack([start, torch.full((5,), -1)], -1))[0])
+    assert not torch.allclose(model(src)[0], model(src, pos=torch.stack([start, start.flip(0)], -1))[0])
+    # 2D encodings need positions, in range and of the right layout
+    grid_model = build("encoder", "learned_2d", "standard", "pre")
+    with pytest.raises(ValueError, match="needs \\(row, column\\) positions"):
+        grid_model(src)
+    with pytest.raises(ValueError, match="0..23"):
+        grid_model(src, pos=torch.tensor([[0, 0], [0, 1], [0, 24], [1, 0], [1, 1]]))
+    with pytest.raises(ValueError, match="\\(T, 2\\) or \\(B, T, 2\\)"):
+        grid_model(src, pos=start)
+    with pytest.raises(ValueError, match="from the start must be >= 0"):
+        model(src, pos=torch.stack([start - 1, start], -1))
+
+
+# ----------------------------------------------------------------------------- 1. causality, bidirectionality
+
+SDPA = pytest.mark.parametrize("sdpa", [True, False], ids=["sdpa", "explicit"])
+
+
+@SDPA
+@pytest.mark.parametrize("pos,attn,norm", VARIANTS_1D)
+def test_gpt_is_causal(pos, attn, norm, sdpa):
+    model = build("gpt", pos, attn, norm, block_size=16)
+    set_sdpa(model, sdpa)
+    g = gen(1)
+    idx = torch.randint(3, VOCAB, (2, 16), generator=g)
+    logits, _, _ = model(idx)
+    for t in (0, 6, 14):
+        changed = idx.clone()
+        changed[:, t + 1:] = change(changed[:, t + 1:], g)
+        logits2, _, _ = model(changed)
+        assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1]), t
+        assert not torch.allclose(logits[:, t + 1:], logits2[:, t + 1:]), t
+
+
+@SDPA
+@pytest.mark.parametrize("pos,attn,norm,mode", CASES)
+def test_decoder_is_causal(pos, attn, norm, mode, sdpa):
+    model = build("seq2seq", pos, attn, norm)
+    set_sdpa(model, sdpa)
+    pairs = grid_pairs(((3, 3), (3, 3)))
+    src, _, tgt_in, _ = collate(pairs)  # no padding: 11 source tokens, 12 decoder inputs each
+    src_pos, tgt_pos = layout(pos, mode, pairs)
+    memory = model.encode(src, None, src_pos)
+    logits, _ = model.decode(tgt_in, memory, pos=upto(tgt_pos, tgt_in.size(1)))
+    g = gen(2)
+    for t in (0, 5, 10):
+        changed = tgt_in.clone()
+        changed[:, t + 1:] = change(changed[:, t + 1:], g)
+        logits2, _ = model.decode(changed, memory, pos=upto(tgt_pos, tgt_in.size(1)))
+        assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1]), t
+        assert not torch.allclose(logits[:, t + 1:], logits2[:, t + 1:]), t
+
+
+@SDPA
+@pytest.mark.parametrize("kind", ["encoder", "seq2seq"])
+@pytest.mark.parametrize("pos,attn,norm,mode", CASES)
+def test_encoder_is_bidirectional(kind, pos, attn, norm, mode, sdpa):
+    model = build(kind, pos, attn, norm)
+    set_sdpa(model, sdpa)
+    pairs = grid_pairs(((3, 3), (3, 3)))
+    src = collate(pairs)[0]
+    src_pos, _ = layout(pos, mode, pairs)
+    encode = (lambda s: model(s, pos=src_pos)[0]) if kind == "encoder" else (lambda s: model.encode(s, None, src_pos))
+    states = encode(src)
+    changed = src.clone()
+    changed[:, -1] = change(changed[:, -1], gen(3))
+    states2 = encode(changed)
+    assert states.shape == (2, 11, 16)
+    for t in (0, 5):  # a later token changes every earlier state
+        assert not torch.allclose(states[:, t], states2[:, t]), t
+
+
+# ----------------------------------------------------------------------------- 2. cached == uncached decoding
+
+@pytest.mark.parametrize("pos,attn,norm", VARIANTS_1D)
+def test_gpt_generate_cached_equals_uncached(pos, attn, norm):
+    """Greedy and sampled, within block_size (prompt 1 + 12 new) and past it (prompt 5 + 20 new)."""
+    model = build("gpt", pos, attn, norm, block_size=16)
+    for prompt_len, new in ((1, 12), (5, 20)):
+        prompt = torch.randint(3, VOCAB, (2, prompt_len), generator=gen(prompt_len))
+        for temperature in (0.0, 1.0):
+            runs = []
+            for use_cache in (True, False):
+                g = gen(123)
+                runs.append(torch.cat(list(generate(model, prompt, new, temperature=temperature, generator=g,
+                                                    use_cache=use_cache)), dim=1))
+            assert runs[0].shape == (2, new)
+            assert torch.equal(runs[0], runs[1]), (prompt_len, temperature)
+
+
+@pytest.mark.parametrize("pos,attn,norm", VARIANTS_1D)
+def test_gpt_step_by_step_cached_logits_equal_full_forward(pos, attn, norm):
+    model = build("gpt", pos, attn, norm, block_size=16)
+    idx = torch.randint(3, VOCAB, (2, 16), generator=gen(4))
+    full, _, _ = model(idx)
+    cache = model.new_cache()
+    prefill, _, _ = model(idx[:, :3], cache=cache)  # a prompt, then one token at a time
+    steps = [prefill] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(3, 16)]
+    close(torch.cat(steps, dim=1), full)
+
+
+@pytest.mark.parametrize("pos,attn,norm,mode", CASES)
+def test_seq2seq_decoding_cached_equals_uncached(pos, attn, norm, mode):
+    model = build("seq2seq", pos, attn, norm)
+    pairs = grid_pairs()
+    src, src_mask, tgt_in, _ = collate(pairs)
+    src_pos, tgt_pos = layout(pos, mode, pairs)
+    kw = dict(src_pos=src_pos, tgt_pos=tgt_pos)
+    for decode in (lambda **k: greedy_decode(model, src, src_mask, 12, BOS, EOS, PAD, **kw, **k),
+                   lambda **k: beam_search(model, src, src_mask, 12, BOS, EOS, PAD, beam=3, **kw, **k)):
+        cached, uncached = decode(use_cache=True), decode(use_cache=False)
+        assert cached.size(0) == 3 and 1 <= cached.size(1) <= 12
+        assert torch.equal(cached, uncached)
+    # the logits of a step-by-step cached decode equal those of one full decode
+    memory = model.encode(src, src_mask, src_pos)
+    T = tgt_in.size(1)
+    full, _ = model.decode(tgt_in, memory, src_mask, pos=upto(tgt_pos, T))
+    cache = model.new_cache()
+    steps = [model.decode(tgt_in[:, t : t + 1], memory, src_mask, cache=cache,
+                          pos=None if tgt_pos is None else tgt_pos[:, t : t + 1])[0] for t in range(T)]
+    close(torch.cat(steps, dim=1), full)
+
+
+# ----------------------------------------------------------------------------- 3. SDPA == explicit path
+
+@pytest.mark.parametrize("pos,attn,norm", VARIANTS_1D)
+def test_gpt_sdpa_equals_explicit_path(pos, attn, norm):
+    model = build("gpt", pos, attn, norm, block_size=16)
+    idx = torch.randint(3, VOCAB, (3, 16), generator=gen(5))
+    fast = model(idx)[0]
+    set_sdpa(model, False)
+    close(fast, model(idx)[0])
+    close(fast, model(idx, return_weights=True)[0])
+
+
+@pytest.mark.parametrize("kind", ["encoder", "seq2seq"])
+@pytest.mark.parametrize("pos,attn,norm,mode", CASES)
+def test_sdpa_equals_explicit_path_with_padding(kind, pos, attn, norm, mode):
+    model = build(kind, pos, attn, norm)
+    pairs = grid_pairs()
+    src, src_mask, tgt_in, _ = collate(pairs)
+    tgt_mask = tgt_in != PAD
+    assert not src_mask.all() and not tgt_mask.all()
+    src_pos, tgt_pos = layout(pos, mode, pairs)
+
+    def run():
+        if kind == "encoder":
+            return model(src, src_mask, pos=src_pos)[0]
+        return model(src, tgt_in, src_mask, tgt_mask, src_pos=src_pos, tgt_pos=upto(tgt_pos, tgt_in.size(1)))[0]
+
+    fast = run()
+    set_sdpa(model, False)
+    slow = run()
+    assert torch.isfinite(fast).all()
+    close(fast, slow)
+
+
+# ----------------------------------------------------------------------------- 4. padding
+
+@pytest.mark.parametrize("kind", ["encoder", "seq2seq"])
+@pytest.mark.parametrize("pos,attn,norm,mode", CASES)
+def test_padding_never_changes_real_positions(kind, pos, attn, norm, mode):
+    """Row 0 (a 1x2 grid) padded to the length of row 1 (3x3) gives what it gives alone."""
+    model = build(kind, pos, attn, norm)
+    pairs = grid_pairs(((1, 2), (3, 3)))
+    alone, both = collate(pairs[:1]), list(collate(pairs))
+    pos_alone, pos_both = layout(pos, mode, pairs[:1]), layout(pos, mode, pairs)
+    s, n = alone[0].size(1), alone[2].size(1)
+    assert both[0].size(1) > s and both[2].size(1) > n
+
+    def run(batch, pos_, tgt_mask):
+        src, src_mask, tgt_in, _ = batch
+        if kind == "encoder":
+            return model(src, src_mask, pos=pos_[0])[0][:, :s]
+        return model(src, tgt_in, src_mask, tgt_mask, src_pos=pos_[0], tgt_pos=upto(pos_[1], tgt_in.size(1)))[0][:, :n]
+
+    tgt_mask = both[2] != PAD
+    batched = run(both, pos_both, tgt_mask)
+    close(batched[:1], run(alone, pos_alone, alone[2] != PAD))
+    # whatever sits in the padded slots is invisible
+    junk = list(both)
+    junk[0] = both[0].masked_fill(~both[1], 9)
+    junk[2] = both[2].masked_fill(~tgt_mask, 7)
+    torch.testing.assert_close(run(junk, pos_both, tgt_mask)[:1], batched[:1], atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- 5. training lowers the loss
+
+def hand_grid_positions(length):
+    """(length, 2) (row, col) positions of consecutive cells of rows of 3."""
+    j = torch.arange(length)
+    return torch.stack([j // 3, j % 3], dim=-1)
+
+
+def copy_batch(pos, B=8, S=6):
+    """A fixed copy batch: src, decoder input (BOS + src), expected output (src + EOS), and positions
+    (hand-built (row, col) for 2D encodings; lm.layout's random ones for randomized)."""
+    g = gen(0)
+    src = torch.randint(3, VOCAB, (B, S), generator=g)
+    tgt_in = torch.cat([torch.full((B, 1), BOS), src], dim=1)
+    tgt_out = torch.cat([src, torch.full((B, 1), EOS)], dim=1)
+    src_pos = tgt_pos = None
+    if pos in POS_2D:
+        src_pos, tgt_pos = hand_grid_positions(S), hand_grid_positions(S + 1)
+    elif pos == "randomized":
+        src_pos, tgt_pos = positions(CopyTask(10), pos, src.tolist(), BLOCK, g)
+        assert tgt_pos.shape == (B, S + 1, 2)
+    return src, tgt_in, tgt_out, src_pos, tgt_pos
+
+
+TRAIN_CASES = [(kind, *v) for kind in KINDS for v in (VARIANTS_1D if kind == "gpt" else VARIANTS)]
+
+
+@pytest.mark.parametrize("kind,pos,attn,norm", TRAIN_CASES)
+def test_a_few_training_steps_lower_the_loss(kind, pos, attn, norm):
+    model = build(kind, pos, attn, norm)
+    src, tgt_in, tgt_out, src_pos, tgt_pos = copy_batch(pos)
+    params = list(model.parameters())
+    if kind == "gpt":
+        x = torch.cat([src, src], dim=1)  # a repeated sequence: the second half copies the first
+        loss_fn = lambda: model(x[:, :-1], x[:, 1:])[1]
+    elif kind == "encoder":
+        head = nn.Linear(16, VOCAB)  # a tagger: each position's own token
+        params += list(head.parameters())
+        loss_fn = lambda: F.cross_entropy(head(model(src, pos=src_pos)[0]).flatten(0, 1), src.flatten())
+    else:
+        loss_fn = lambda: model(src, tgt_in, targets=tgt_out, src_pos=src_pos, tgt_pos=tgt_pos)[1]
+    with torch.no_grad():
+        before = loss_fn().item()
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    model.train()
+    for _ in range(20):
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = loss_fn().item()
+    assert after < 0.95 * before, (before, after)
+
+
+# ----------------------------------------------------------------------------- 6. RoPE is relative
+
+def rope_score(enc, q, k, m, n):
+    """<R(m) q, R(n) k> for one head: q, k (d,); m, n positions (ints or (row, col) pairs)."""
+    rq = enc.rotation(torch.tensor([m]))(q[None, None, None])  # (1, 1, 1, d)
+    rk = enc.rotation(torch.tensor([n]))(k[None, None, None])
+    return (rq * rk).sum().item()
+
+
+def test_rope_score_depends_only_on_the_offset():
+    enc = make_positional("rope", 64, 16, 2)
+    assert isinstance(enc, RotaryPositional) and enc(torch.arange(4)) is None  # nothing added
+    g = gen(6)
+    for _ in range(5):
+        q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+        rq = enc.rotation(torch.tensor([7]))(q[None, None, None])
+        assert rq.norm().item() == pytest.approx(q.norm().item(), rel=1e-5)  # a rotation
+        for m, n in ((0, 0), (3, 1), (2, 9), (10, 4)):
+            base = rope_score(enc, q, k, m, n)
+            for s in (1, 5, 13, 40):
+                assert rope_score(enc, q, k, m + s, n + s) == pytest.approx(base, abs=1e-4), (m, n, s)
+        scores = [rope_score(enc, q, k, 10, 10 - off) for off in range(-3, 4)]
+        assert all(abs(a - b) > 1e-4 for a, b in itertools.combinations(scores, 2)), scores
+
+
+def test_rope_2d_score_depends_only_on_the_row_and_column_offset():
+    enc = make_positional("rope_2d", 64, 16, 2)  # head width 8: 2 pairs turn with the row, 2 with the column
+    assert isinstance(enc, Rotary2DPositional) and enc(torch.zeros(3, 2, dtype=torch.long)) is None
+    g = gen(7)
+    for _ in range(5):
+        q, k = torch.randn(8, generator=g), torch.randn(8, generator=g)
+        for m, n in (((0, 0), (0, 0)), ((2, 3), (1, 5)), ((4, 0), (0, 4))):
+            base = rope_score(enc, q, k, m, n)
+            for dr, dc in ((1, 0), (0, 1), (3, 7), (11, 2)):
+                shifted = rope_score(enc, q, k, (m[0] + dr, m[1] + dc), (n[0] + dr, n[1] + dc))
+                assert shifted == pytest.approx(base, abs=1e-4), (m, n, dr, dc)
+        m, n = (5, 5), (3, 2)
+        base = rope_score(enc, q, k, m, n)
+        assert abs(rope_score(enc, q, k, m, (3, 3)) - base) > 1e-4  # only the column offset changed
+        assert abs(rope_score(enc, q, k, m, (4, 2)) - base) > 1e-4  # only the row offset changed
+        assert abs(rope_score(enc, q, k, (5, 5), (3, 4)) - rope_score(enc, q, k, (5, 5), (4, 3))) > 1e-4
+
+
+@pytest.mark.parametrize("attn", ATTENTIONS)
+def test_whole_models_with_rope_are_shift_invariant(attn):
+    """Shifting every position by a constant changes nothing with rope (relative), and does with learned."""
+    src = torch.randint(3, VOCAB, (2, 9), generator=gen(8))
+    tgt = torch.randint(3, VOCAB, (2, 7), generator=gen(9))
+    base, shifted = torch.arange(9), torch.arange(9) + 5
+    for norm in NORMS:
+        enc = build("encoder", "rope", attn, norm)
+        states = enc(src)[0]
+        close(enc(src, pos=shifted)[0], states)
+        close(enc(src, pos=torch.stack([base + 2, base + 11]))[0], states)  # a different shift per row
+        s2s = build("seq2seq", "rope", attn, norm)
+        memory = s2s.encode(src)
+        close(s2s.encode(src, None, shifted), memory)
+        logits = s2s.decode(tgt, memory)[0]
+        close(s2s.decode(tgt, memory, pos=torch.arange(7) + 3)[0], logits)  # cross-attention is not rotated
+        gpt = build("gpt", "rope", attn, norm)
+        close(gpt(src, pos=shifted)[0], gpt(src)[0])
+        learned = build("encoder", "learned", attn, norm)
+        assert not torch.allclose(learned(src, pos=shifted)[0], learned(src)[0])
+
+
+@pytest.mark.parametrize("attn", ATTENTIONS)
+def test_whole_models_with_rope_2d_are_shift_invariant(attn):
+    pairs = grid_pairs(((3, 3), (2, 4)))
+    src, src_mask, tgt_in, _ = collate(pairs)
+    src_pos, tgt_pos = positions(GRID, "rope_2d", [s for s, _ in pairs], BLOCK)
+    tgt_pos = tgt_pos[:, : tgt_in.size(1)]
+    offset = torch.tensor([4, 2])
+    model = build("seq2seq", "rope_2d", attn, "pre")
+    memory = model.encode(src, src_mask, src_pos)
+    real = src_mask[..., None]
+    close(model.encode(src, src_mask, src_pos + offset) * real, memory * real)
+    logits = model.decode(tgt_in, memory, src_mask, pos=tgt_pos)[0]
+    close(model.decode(tgt_in, memory, src_mask, pos=tgt_pos + offset)[0], logits)
+    # the column matters: transposing the positions changes the states
+    assert not torch.allclose(model.encode(src, src_mask, src_pos.flip(-1)), memory)
+
+
+# ----------------------------------------------------------------------------- 7. config errors
+
+def config_error(*overrides):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, list(overrides))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("key,bad,valid", [
+    ("pos_encoding", "alibi", config.POS_ENCODINGS),
+    ("attention", "linear", config.ATTENTIONS),
+    ("norm_placement", "sandwich", config.NORM_PLACEMENTS),
+    ("grid_op", "spin", config.GRID_OPS),
+])
+def test_unknown_names_are_refused_listing_the_valid_ones(key, bad, valid):
+    msg = config_error(f"--{key}={bad}")
+    assert msg.startswith(f"{key}: {bad!r} is not allowed"), msg
+    assert ", ".join(valid) in msg, msg
+
+
+@pytest.mark.parametrize("maker,name,valid", [
+    (lambda n: make_positional(n, 16, 16, 2), "pos_encoding", POSITIONAL),
+    (lambda n: make_attention(n, 16, 2), "attention", ATTENTION),
+    (lambda n: make_residual(n, 16), "norm_placement", RESIDUAL),
+])
+def test_builders_refuse_unknown_names(maker, name, valid):
+    with pytest.raises(ValueError, match=f"unknown {name} 'nope'; choose one of: {', '.join(valid)}"):
+        maker("nope")
+
+
+@pytest.mark.parametrize("pos", POS_2D)
+@pytest.mark.parametrize("task", ["lm", "copy"])
+def test_2d_encodings_need_the_grid_task(pos, task):
+    msg = config_error(f"--task={task}", f"--pos_encoding={pos}")
+    assert msg.startswith(f"pos_encoding: {pos!r} is not allowed"), msg
+    assert f"task {task!r} has no grid" in msg and "task: grid" in msg, msg
+    config.load(None, ["--task=grid", f"--pos_encoding={pos}"])  # fine there
+
+
+def test_variant_constraints():
+    msg = config_error("--task=lm", "--pos_encoding=randomized")
+    assert msg.startswith("pos_encoding: 'randomized' is not allowed") and "task lm" in msg, msg
+    config.load(None, ["--task=copy", "--pos_encoding=randomized"])
+    msg = config_error("--attention=differential", "--num_heads=3", "--embedding_dim=48")
+    assert msg.startswith("num_heads: 3 is not allowed") and "even" in msg, msg
+    config.load(None, ["--attention=standard", "--num_heads=3", "--embedding_dim=48"])
+    msg = config_error("--task=grid", "--pos_encoding=rope_2d", "--num_heads=4", "--embedding_dim=24")  # width 6
+    assert msg.startswith("pos_encoding: 'rope_2d' is not allowed") and "divisible by 4" in msg and "= 6" in msg, msg
+    config.load(None, ["--task=grid", "--pos_encoding=rope", "--num_heads=4", "--embedding_dim=24"])
+    config.load(None, ["--task=grid", "--pos_encoding=rope_2d", "--num_heads=2", "--embedding_dim=16"])
+
+
+@pytest.mark.parametrize("task", ["copy", "reverse", "add", "grid"])
+def test_no_positions_is_refused_where_the_answer_depends_on_the_order(task):
+    msg = config_error(f"--task={task}", "--pos_encoding=none", "--num_symbols=10", "--min_len=2", "--max_len=4",
+                       "--eval_long_len=4")
+    assert msg.startswith("pos_encoding: 'none' is not allowed") and "unordered bag" in msg, msg
+    for fine in ("lm", "sort"):
+        config.load(None, [f"--task={fine}", "--pos_encoding=none"])
+
+
+# ----------------------------------------------------------------------------- 8. checkpoints through the CLIs
+
+GRID_ARGS = ["--task=grid", "--grid_op=rotate", "--min_len=2", "--max_len=3", "--eval_long_len=3",
+             "--held_out_size=20"]
+RUNS = {  # name: (train.py arguments, sample.py arguments)
+    "lm-rope-differential-post": (["--pos_encoding=rope", "--attention=differential", "--norm_placement=post"],
+                                  None),  # the prompt comes from the corpus
+    "copy-randomized": (["--task=copy", "--min_len=1", "--max_len=4", "--eval_long_len=6", "--held_out_size=20",
+                         "--pos_encoding=randomized"], ["--input", "1 2 3"]),
+    "grid-learned_2d": (GRID_ARGS + ["--pos_encoding=learned_2d"], ["--input", "12/34"]),
+    "grid-sinusoidal_2d-differential": (GRID_ARGS + ["--pos_encoding=sinusoidal_2d", "--attention=differential"],
+                                        ["--input", "102/034"]),
+    "grid-rope_2d-post": (GRID_ARGS + ["--pos_encoding=rope_2d", "--norm_placement=post"], ["--input", "12/34/56"]),
+}
+SAMPLED_BY_SUBPROCESS = ("lm-rope-differential-post", "copy-randomized", "grid-rope_2d-post")  # the others in-process
+
+
+def expected_model_fields(name):
+    args = dict(a[2:].split("=", 1) for a in RUNS[name][0])
+    return {"pos_encoding": args["pos_encoding"], "attention": args.get("attention", "standard"),
+            "norm_placement": args.get("norm_placement", "pre")}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Every run of RUNS trained with train.py, all at once (one thread each), then sample.py on some."""
+    root = tmp_path_factory.mktemp("variants")
+    corpus = root / "small.txt"
+    corpus.write_text(offline_text()[:20_000], encoding="utf-8")  # as conftest's small_corpus
+    prompt = corpus.read_text(encoding="utf-8")[:6]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    procs = {name: popen("train.py", *tiny(corpus, root / name, *train_args, "--max_iters=10", "--eval_interval=5"),
+                         env=env)
+             for name, (train_args, _) in RUNS.items()}
+    trained = {}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=TIMEOUT)
+        trained[name] = (p.returncode, err)
+    samples = {}
+    for name in SAMPLED_BY_SUBPROCESS:
+        if trained[name][0] == 0:
+            args = RUNS[name][1] or ["--prompt", prompt, "--max_new_tokens", 20, "--temperature", 0]
+            samples[name] = popen("sample.py", "--checkpoint", root / name / "best.pt", "--device=cpu", *args,
+                                  env=env)
+    sampled = {}
+    for name, p in samples.items():
+        out, err = p.communicate(timeout=TIMEOUT)
+        sampled[name] = (p.returncode, out, err)
+    return {"root": root, "prompt": prompt, "trained": trained, "sampled": sampled}
+
+
+def inputs_for(model, vocab, cfg, name, prompt):
+    """A fixed input and the positions evaluation would give it: GPT (idx,); seq2seq (src, mask, src_pos, tgt_pos)."""
+    if cfg.data.task == "lm":
+        return (torch.tensor(vocab.encode(prompt), dtype=torch.long)[None],)
+    src = torch.tensor(vocab.to_ids(vocab.parse(RUNS[name][1][1])))[None]
+    src_pos, tgt_pos = positions(vocab, cfg.model.pos_encoding, src.tolist(), cfg.model.block_size)
+    return src, torch.ones_like(src, dtype=torch.bool), src_pos, tgt_pos
+
+
+def logits_of(model, vocab, cfg, inp):
+    if cfg.data.task == "lm":
+        return model(inp[0])[0]
+    src, mask, src_pos, tgt_pos = inp
+    tgt_in = torch.tensor([[BOS] + [3 + j % vocab.num_symbols for j in range(tgt_pos.size(1) - 1)]])
+    return model(src, tgt_in, mask, src_pos=src_pos, tgt_pos=tgt_pos)[0]
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_checkpoints_of_every_variant_round_trip_and_sample(runs, name, capsys):
+    rc, stderr = runs["trained"][name]
+    assert rc == 0, stderr
+    best = runs["root"] / name / "best.pt"
+    assert best.is_file()
+    ckpt = load_checkpoint(best)
+    model, vocab, cfg = load_model(best)
+    again, _, _ = load_model(best)
+    for key, value in expected_model_fields(name).items():
+        assert getattr(cfg.model, key) == value == ckpt["config"]["model"][key], key
+    if cfg.data.task == "grid":
+        assert cfg.data.grid_op == "rotate" and vocab.op == "rotate"
+    # the weights are those saved, and two loads give the same logits
+    state = model.state_dict()
+    assert state.keys() == ckpt["model"].keys()
+    assert all(torch.equal(state[k], ckpt["model"][k]) for k in state)
+    fresh = make_model(cfg)
+    fresh.load_state_dict(ckpt["model"])
+    fresh.eval()
+    inp = inputs_for(model, vocab, cfg, name, runs["prompt"])
+    logits = logits_of(model, vocab, cfg, inp)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(logits, logits_of(again, vocab, cfg, inp))
+    assert torch.equal(logits, logits_of(fresh, vocab, cfg, inp))
+
+    # sample.py: exits 0 and prints one line, the one the loaded model decodes
+    if name in runs["sampled"]:
+        code, stdout, err = runs["sampled"][name]
+    else:
+        import sample
+
+        code = sample.main(["--checkpoint", str(best), "--device=cpu", *RUNS[name][1]])
+        stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert stdout.endswith("\n") and stdout.count("\n") == 1, stdout
+    line = stdout[:-1]
+    if cfg.data.task == "lm":
+        prompt = runs["prompt"]
+        tokens = torch.cat(list(generate(model, inp[0], 20, temperature=0.0)), dim=1)
+        assert line == prompt + vocab.decode(tokens[0].tolist())
+        return
+    src, mask, src_pos, tgt_pos = inp
+    out = greedy_decode(model, src, mask, tgt_pos.size(1), BOS, EOS, PAD, src_pos=src_pos, tgt_pos=tgt_pos)
+    assert line == vocab.render(vocab.from_ids(out[0].tolist()))
+    if cfg.data.task == "grid":
+        assert re.fullmatch(r"[0-9/]*", line), line
+    else:
+        assert re.fullmatch(r"[0-9]( [0-9])*|", line), line
+
+
+# ----------------------------------------------------------------------------- 9. lm.layout.positions
+
+LAYOUT_TASKS = [CopyTask(10), ReverseTask(10), make_task("add", 10, max_len=4)] + \
+               [GridTask(9, op) for op in ("rotate", "transpose", "flip", "gravity")]
+
+
+def sample_sources(task, n=12, seed=0):
+    lo, hi = (1, 3) if task.name == "grid" else (1, 4)
+    return [s for s, _ in task.examples(n, lo, hi, gen(seed))]
+
+
+@pytest.mark.parametrize("task", LAYOUT_TASKS, ids=lambda t: getattr(t, "op", t.name))
+def test_layout_randomized_positions(task):
+    block = 24
+    sources = sample_sources(task)
+    symbols = [task.from_ids(s) for s in sources]
+    for g in (gen(1), None):
+        src_pos, tgt_pos = positions(task, "randomized", sources, block, g)
+        S, L = max(map(len, sources)), max(task.target_slots(s) for s in symbols)
+        assert src_pos.shape == (len(sources), S, 2) and tgt_pos.shape == (len(sources), L, 2)
+        assert src_pos.dtype == tgt_pos.dtype == torch.long
+        assert (tgt_pos[..., 1] == -1).all()  # the decoder has no end channel
+        for i, src in enumerate(symbols):
+            s, n = len(src), task.target_slots(src)
+            start, end, dec = src_pos[i, :s, 0], src_pos[i, :s, 1], tgt_pos[i, :n, 0]
+            longer = start if s >= n else dec
+            assert len(longer) == max(s, n)
+            assert (longer.diff() > 0).all() and 0 <= longer.min() and longer.max() <= block - 1  # sorted, distinct
+            assert torch.equal(start[: min(s, n)], dec[: min(s, n)])  # one set: token j of each side alike
+            assert torch.equal(end, start.flip(0))  # from the end = the positions reversed
+            assert (tgt_pos[i, n:, 0] == dec[-1]).all()  # past the last slot: repeated
+            if g is None:  # evenly spread over the whole range
+                k = max(s, n)
+                assert longer[0] == 0 and longer[-1] == block - 1
+                expected = [round(j * (block - 1) / (k - 1)) for j in range(k)]
+                assert torch.equal(longer, torch.tensor(expected)), (longer, expected)
+    again = positions(task, "randomized", sources, block)
+    assert all(torch.equal(a, b) for a, b in zip(again, positions(task, "randomized", sources, block)))
+    one, two = (positions(task, "randomized", sources, block, gen(seed))[0] for seed in (1, 2))
+    assert not torch.equal(one, two)  # random in training
+    assert torch.equal(one, positions(task, "randomized", sources, block, gen(1))[0])  # from the generator alone
+    assert not torch.equal(one, positions(task, "randomized", sources, block)[0])
+
+
+def test_layout_randomized_hand_example():
+    """Copy of 3 symbols: k = 4 slots, evenly spread over 0..9: 0, 3, 6, 9."""
+    src_pos, tgt_pos = positions(CopyTask(10), "randomized", [[3, 4, 5]], 10)
+    assert src_pos.tolist() == [[[0, 6], [3, 3], [6, 0]]]
+    assert tgt_pos.tolist() == [[[0, -1], [3, -1], [6, -1], [9, -1]]]
+
+
+@pytest.mark.parametrize("pos", POS_2D)
+@pytest.mark.parametrize("op", ["rotate", "transpose", "flip", "gravity"])
+def test_layout_grid_positions_are_the_task_coordinates(pos, op):
+    task = GridTask(9, op)
+    sources = sample_sources(task, n=10, seed=3)
+    src_pos, tgt_pos = positions(task, pos, sources, BLOCK, gen(0))
+    assert torch.equal(positions(task, pos, sources, BLOCK)[0], src_pos)  # no randomness
+    for i, src in enumerate(sources):
+        symbols = task.from_ids(src)
+        n = task.target_slots(symbols)
+        assert src_pos[i, : len(src)].tolist() == [list(c) for c in task.source_coords(symbols)]
+        assert tgt_pos[i, :n].tolist() == [list(c) for c in task.target_coords(symbols)]
+        assert (tgt_pos[i, n:] == tgt_pos[i, n - 1]).all()
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope", "none"])
+def test_layout_consecutive_encodings_give_no_positions(pos):
+    for task in (CopyTask(10), GRID):
+        assert positions(task, pos, sample_sources(task, n=3), BLOCK) == (None, None)
+        assert positions(task, pos, sample_sources(task, n=3), BLOCK, gen(0)) == (None, None)
