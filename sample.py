@@ -122,6 +122,10 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
         return
     what = {"add": "digits in the longer number", "grid": "cells on the longer side"}.get(task.name, "symbols")
     side = "longer" if n > hi else "shorter"
+    if n > hi and cfg.model.pos_encoding == "randomized":
+        print(f"note: the input has length {n} ({what}), longer than the lengths {lo}..{hi} this model was trained "
+              f"on; its randomized positions are made for that (see README, length generalisation)", file=sys.stderr)
+        return
     print(f"warning: the input has length {n} ({what}), {side} than the lengths {lo}..{hi} this model was "
           f"trained on; its output is likely wrong", file=sys.stderr)
 
