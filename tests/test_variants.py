@@ -669,6 +669,16 @@ def test_checkpoints_of_every_variant_round_trip_and_sample(runs, name, capsys):
         assert re.fullmatch(r"[0-9]( [0-9])*|", line), line
 
 
+def test_longer_input_to_a_randomized_model_gets_a_note_not_a_warning(runs, capsys):
+    """Trained on lengths 1..4, asked a length-6 input: randomized positions are made for that."""
+    import sample
+
+    best = runs["root"] / "copy-randomized" / "best.pt"
+    assert sample.main(["--checkpoint", str(best), "--device=cpu", "--input", "1 2 3 4 5 6"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the input has length 6" in err and "randomized positions" in err and "likely wrong" not in err, err
+
+
 # ----------------------------------------------------------------------------- 9. lm.layout.positions
 
 LAYOUT_TASKS = [CopyTask(10), ReverseTask(10), make_task("add", 10, max_len=4)] + \
