@@ -129,7 +129,7 @@ def _to(t: torch.Tensor | None, device) -> torch.Tensor | None:
 
 
 class Seq2SeqJob:
-    """A generated task (copy, reverse, sort, add) on an encoder-decoder: fresh examples every step,
+    """A generated task (copy, reverse, sort, add, grid) on an encoder-decoder: fresh examples every step,
     fixed held-out sets of the trained lengths and of longer ones."""
 
     def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
