@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from .nn.position import GRID_ENCODINGS as GRID
 from .tasks import NUM_SPECIALS, Task
-
-GRID = ("learned_2d", "sinusoidal_2d", "rope_2d")
 
 
 def explicit(pos_encoding: str) -> bool:

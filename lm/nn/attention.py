@@ -94,6 +94,33 @@ class MultiHeadAttention(nn.Module):
         B, T, C = t.shape
         return t.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
 
+    def _value_heads(self, v: torch.Tensor) -> torch.Tensor:
+        return self._heads(v)  # (B, nh, S, hs)
+
+    def _attention_inputs(self, x, context, key_padding_mask, attn_mask, cache, rope):
+        """Queries, keys, values and the boolean mask of one call; shared by the attention variants.
+
+        Keys and values come from the cache (cross-attention after its first call) or are projected
+        from x (self-attention) or the context; self-attention rotates q and this call's k with rope
+        before caching them, and appends them to the cache. Returns (q, k, v, mask, causal).
+        """
+        B, T, C = x.shape
+        q = self._heads(self.q_proj(x))  # (B, nh, T, hs)
+        if context is not None and cache is not None and cache.k is not None:
+            k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
+        else:
+            source = x if context is None else context
+            k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
+            k, v = self._heads(k), self._value_heads(v)  # (B, nh, S, hs), values as the variant groups them
+            if rope is not None and context is None:
+                q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
+            if cache is not None:
+                k, v = cache.append(k, v)  # self-attention: past + new positions
+        causal = self.causal and context is None
+        mask = build_mask(T, k.size(2), causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                          device=x.device)
+        return q, k, v, mask, causal
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 cache: KVCache | None = None, return_weights: bool = False, rope=None):
@@ -105,21 +132,8 @@ class MultiHeadAttention(nn.Module):
         Returns (y, weights): y is (B, T, C); weights is (B, nh, T, T_k) when return_weights, else None.
         """
         B, T, C = x.shape
-        q = self._heads(self.q_proj(x))  # (B, nh, T, hs)
-        if context is not None and cache is not None and cache.k is not None:
-            k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
-        else:
-            source = x if context is None else context
-            k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
-            k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs)
-            if rope is not None and context is None:
-                q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
-            if cache is not None:
-                k, v = cache.append(k, v)  # self-attention: past + new positions
+        q, k, v, mask, causal = self._attention_inputs(x, context, key_padding_mask, attn_mask, cache, rope)
         t_k = k.size(2)
-        causal = self.causal and context is None
-        mask = build_mask(T, t_k, causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                          device=x.device)
         p = self.dropout if self.training else 0.0
         if self.use_sdpa and not return_weights:
             if causal and T == t_k and key_padding_mask is None and attn_mask is None:

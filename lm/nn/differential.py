@@ -24,10 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import KVCache, build_mask
+from .attention import KVCache, MultiHeadAttention
 
 
-class DifferentialAttention(nn.Module):
+class DifferentialAttention(MultiHeadAttention):
     """Drop-in replacement of MultiHeadAttention (same constructor, forward and return values).
 
     A query with no allowed key (a fully masked row) gets all-zero weights and a zero head output,
@@ -37,20 +37,11 @@ class DifferentialAttention(nn.Module):
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  causal: bool = False, layer: int = 1):
-        super().__init__()
         if num_heads % 2:
             raise ValueError(f"attention 'differential' needs an even num_heads (two softmax maps per head), "
                              f"got num_heads {num_heads}")
-        if embedding_dim % num_heads:
-            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads  # Q/K heads of width d; num_heads / 2 differential heads
-        self.head_dim = embedding_dim // num_heads  # d
-        self.causal = causal
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
-        self.kv_proj = nn.Linear(embedding_dim, 2 * embedding_dim, bias=bias)
-        self.out_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
-        self.attn_dropout = nn.Dropout(dropout)
+        # the projections of standard attention; num_heads Q/K heads of width d, num_heads / 2 differential heads
+        super().__init__(embedding_dim, num_heads, dropout, bias, causal)
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * (layer - 1))
         d = self.head_dim
         self.lambda_q1 = nn.Parameter(torch.randn(d) * 0.1)
@@ -58,8 +49,10 @@ class DifferentialAttention(nn.Module):
         self.lambda_q2 = nn.Parameter(torch.randn(d) * 0.1)
         self.lambda_k2 = nn.Parameter(torch.randn(d) * 0.1)
         self.subln = nn.RMSNorm(2 * d, eps=1e-5)  # per head over its 2d features, weight shared by heads
-        # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
-        self.use_sdpa = True
+
+    def _value_heads(self, v: torch.Tensor) -> torch.Tensor:
+        B, S, C = v.shape
+        return v.view(B, S, self.num_heads // 2, 2 * self.head_dim).transpose(1, 2)  # (B, h, S, 2d)
 
     def lambda_full(self) -> torch.Tensor:
         """lambda = exp(lambda_q1 . lambda_k1) - exp(lambda_q2 . lambda_k2) + lambda_init (a scalar)."""
@@ -75,26 +68,10 @@ class DifferentialAttention(nn.Module):
         Returns (y, weights): y is (B, T, C); weights is (B, h, T, T_k) when return_weights, else None.
         """
         B, T, C = x.shape
-        nh, hs, h = self.num_heads, self.head_dim, self.num_heads // 2
-        q = self.q_proj(x).view(B, T, nh, hs).transpose(1, 2)  # (B, 2h, T, d): Q1, Q2 interleaved
-        if rope is not None and context is None:
-            q = rope(q)
-        if context is not None and cache is not None and cache.k is not None:
-            k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
-        else:
-            source = x if context is None else context
-            S = source.size(1)
-            k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
-            k = k.view(B, S, nh, hs).transpose(1, 2)  # (B, 2h, S, d): K1, K2 interleaved
-            v = v.view(B, S, h, 2 * hs).transpose(1, 2)  # (B, h, S, 2d)
-            if rope is not None and context is None:
-                k = rope(k)  # rotate the new positions before they join the cache
-            if cache is not None:
-                k, v = cache.append(k, v)  # self-attention: past + new positions
+        hs, h = self.head_dim, self.num_heads // 2
+        # q, k: (B, 2h, T or T_k, d), Q1/Q2 (K1/K2) interleaved; v: (B, h, T_k, 2d)
+        q, k, v, mask, causal = self._attention_inputs(x, context, key_padding_mask, attn_mask, cache, rope)
         t_k = k.size(2)
-        causal = self.causal and context is None
-        mask = build_mask(T, t_k, causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                          device=x.device)
         lam = self.lambda_full().to(q.dtype)
         p = self.dropout if self.training else 0.0
         q1, q2 = q[:, 0::2], q[:, 1::2]  # 2 x (B, h, T, d)

@@ -54,10 +54,10 @@ def _frequencies(pairs: int, base: float = 10000.0) -> torch.Tensor:
     return base ** (-torch.arange(pairs, dtype=torch.float32) / pairs)
 
 
-def _sinusoids(pos: torch.Tensor, width: int) -> torch.Tensor:
+def _sinusoids(pos: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """(..., T) integer positions -> (..., T, width) with PE[2i] = sin(pos theta_i), PE[2i+1] = cos(pos theta_i),
-    theta_i = 10000^(-2i/width) ("Attention Is All You Need", section 3.5)."""
-    angles = pos[..., None].float() * _frequencies(width // 2).to(pos.device)  # (..., T, width/2)
+    theta = _frequencies(width / 2), i.e. theta_i = 10000^(-2i/width) ("Attention Is All You Need", 3.5)."""
+    angles = pos[..., None].float() * theta  # (..., T, width/2)
     pe = torch.stack([angles.sin(), angles.cos()], dim=-1)  # (..., T, width/2, 2)
     return pe.flatten(-2)  # (..., T, width): sin, cos interleaved
 
@@ -133,11 +133,11 @@ class SinusoidalPositional(Positional):
         super().__init__(block_size)
         if embedding_dim % 2:
             raise ValueError(f"pos_encoding 'sinusoidal' needs an even embedding_dim, got {embedding_dim}")
-        self.embedding_dim = embedding_dim
+        self.register_buffer("theta", _frequencies(embedding_dim // 2), persistent=False)  # (C/2,)
         self.token_scale = math.sqrt(embedding_dim)
 
     def forward(self, pos):
-        return _sinusoids(pos, self.embedding_dim)  # (..., T, C)
+        return _sinusoids(pos, self.theta)  # (..., T, C)
 
 
 class RotaryPositional(Positional):
@@ -197,11 +197,11 @@ class Sinusoidal2DPositional(GridPositional):
         super().__init__(block_size)
         if embedding_dim % 4:
             raise ValueError(f"pos_encoding 'sinusoidal_2d' needs embedding_dim divisible by 4, got {embedding_dim}")
-        self.half = embedding_dim // 2
+        self.register_buffer("theta", _frequencies(embedding_dim // 4), persistent=False)  # (C/4,) per axis
         self.token_scale = math.sqrt(embedding_dim)
 
     def forward(self, pos):
-        return torch.cat([_sinusoids(pos[..., 0], self.half), _sinusoids(pos[..., 1], self.half)], dim=-1)
+        return torch.cat([_sinusoids(pos[..., 0], self.theta), _sinusoids(pos[..., 1], self.theta)], dim=-1)
 
 
 class Rotary2DPositional(GridPositional):
