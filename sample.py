@@ -26,8 +26,7 @@ import torch
 
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
-from lm.generate import beam_search, check_sampling, generate, greedy_decode
-from lm.layout import positions
+from lm.generate import beam_search, check_sampling, generate, greedy_decode, prepare_source
 from lm.tasks import BOS, EOS, PAD
 from lm.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
@@ -140,26 +139,15 @@ def transduce(args, model, task, cfg, device) -> int:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
         raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
-    symbols = task.parse(args.input)
-    warn_if_untrained_length(task, symbols, cfg)
-    src_ids = task.to_ids(symbols)
-    if len(src_ids) > cfg.model.block_size:
-        raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {cfg.model.block_size}")
-    src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
-    mask = torch.ones_like(src, dtype=torch.bool)
-    # the positions evaluation uses (lm.layout): None for consecutive ones; with explicit ones,
-    # decoding stops after as many tokens as the task's output can have
-    src_pos, tgt_pos = (None if t is None else t.to(device)
-                        for t in positions(task, cfg.model.pos_encoding, [src_ids], cfg.model.block_size))
-    if tgt_pos is not None and tgt_pos.size(1) > cfg.model.block_size:
-        raise ValueError(f"the output of this input needs {tgt_pos.size(1)} positions; this model has "
-                         f"{cfg.model.block_size} (block_size)")
-    n = cfg.model.block_size if tgt_pos is None else tgt_pos.size(1)
-    decode = dict(use_cache=not args.no_cache, src_pos=src_pos, tgt_pos=tgt_pos)
+    warn_if_untrained_length(task, task.parse(args.input), cfg)
+    source = prepare_source(task, cfg, args.input, device)
+    decode = dict(use_cache=not args.no_cache, src_pos=source.src_pos, tgt_pos=source.tgt_pos)
+    n = source.max_len
     if args.beam == 1:
-        out = greedy_decode(model, src, mask, n, BOS, EOS, PAD, **decode)
+        out = greedy_decode(model, source.src, source.mask, n, BOS, EOS, PAD, **decode)
     else:
-        out = beam_search(model, src, mask, n, BOS, EOS, PAD, beam=args.beam, alpha=args.length_penalty, **decode)
+        out = beam_search(model, source.src, source.mask, n, BOS, EOS, PAD, beam=args.beam,
+                          alpha=args.length_penalty, **decode)
     tokens = out[0].tolist()
     if EOS not in tokens:
         print(f"note: no end-of-sequence token within {n} output tokens", file=sys.stderr)

@@ -214,7 +214,7 @@ class Console:
             final = {k[len("final_"):]: v for k, v in e.items() if k.startswith("final_")}
             print(f"final, over {where}: {describe(final)}; after {e['step']} steps, {e['elapsed_s']:.1f} s of "
                   f"training; best eval val loss {e['best_val_loss']:.4f}")
-            print(f"checkpoints and metrics.jsonl in {e['out_dir']}")
+            print(f"checkpoints, metrics.jsonl and loss.png in {e['out_dir']}")
 
     def close(self):
         if isinstance(self.bar, tqdm):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+
+from .layout import positions
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
@@ -82,6 +85,37 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 
 
 # ----------------------------------------------------------------------------- encoder-decoder decoding
+
+@dataclass
+class Source:
+    """One source sequence, ready to decode as evaluation does (sample.py, visualize.py)."""
+
+    ids: list[int]  # the source's token ids
+    src: torch.Tensor  # (1, S) the same, as a batch of one
+    mask: torch.Tensor  # (1, S) True at every (real) token
+    src_pos: torch.Tensor | None  # (1, S, ...) explicit positions (lm.layout), or None for consecutive ones
+    tgt_pos: torch.Tensor | None  # (1, L, ...) positions of every decoder input, or None
+    max_len: int  # the most output tokens to decode (EOS included)
+
+
+def prepare_source(task, cfg, text: str, device) -> Source:
+    """Parse a source written as the task writes it ("5 7 9 2", "123+45", "012/340/567") for the model
+    of config cfg; ValueError when it cannot be parsed or does not fit the model's block_size."""
+    src_ids = task.to_ids(task.parse(text))
+    block_size = cfg.model.block_size
+    if len(src_ids) > block_size:
+        raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {block_size} (block_size)")
+    src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
+    # the positions evaluation uses (lm.layout): None for consecutive ones; with explicit ones,
+    # decoding stops after as many tokens as the task's output can have
+    src_pos, tgt_pos = (None if t is None else t.to(device)
+                        for t in positions(task, cfg.model.pos_encoding, [src_ids], block_size))
+    if tgt_pos is not None and tgt_pos.size(1) > block_size:
+        raise ValueError(f"the output of this input needs {tgt_pos.size(1)} positions; this model has "
+                         f"{block_size} (block_size)")
+    max_len = block_size if tgt_pos is None else tgt_pos.size(1)
+    return Source(src_ids, src, torch.ones_like(src, dtype=torch.bool), src_pos, tgt_pos, max_len)
+
 
 def _decoder_step(model, ys, memory, src_mask, cache, tgt_pos=None):
     """Logits for the next token (B, V): with a cache feed only the newest token, else the whole prefix.

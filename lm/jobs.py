@@ -179,9 +179,9 @@ class Seq2SeqJob:
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         src, src_mask, tgt_in, tgt_out, src_pos, tgt_pos = (_to(t, device) for t in batch)
         # label smoothing never puts probability on PAD or BOS: neither is ever a right output
-        _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
-                        label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS),
-                        src_pos=src_pos, tgt_pos=tgt_pos)
+        _, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
+                           label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS),
+                           src_pos=src_pos, tgt_pos=tgt_pos)
         return loss, int(src_mask.sum() + (tgt_out != PAD).sum())
 
     @torch.no_grad()
@@ -198,8 +198,8 @@ class Seq2SeqJob:
             src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(part))
             src_pos, tgt_pos = (_to(t, device) for t in self.positions(part))  # evenly spread: evaluation
             with autocast(device, dtype):
-                _, loss = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, src_pos=src_pos,
-                                tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
+                _, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, src_pos=src_pos,
+                                   tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
                 out = greedy_decode(model, src, src_mask, tgt_out.size(1), BOS, EOS, PAD, src_pos=src_pos,
                                     tgt_pos=tgt_pos)
             n_real = int((tgt_out != PAD).sum())

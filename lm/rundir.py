@@ -2,7 +2,8 @@
 
     .lock          held (flock) by the one training process using the directory; removed on exit
     run.json       the run's identity: {"run_id", "created", "resumed_from"}; every checkpoint carries run_id
-    last.pt, best.pt, metrics.jsonl     the run's files (RUN_FILES), never mixed with another run's
+    last.pt, best.pt, metrics.jsonl, loss.png
+                   the run's files (RUN_FILES), never mixed with another run's
     data/          the token cache, keyed by the corpus, not by the run
 
 A fresh run gets a new run id. Resuming continues the run whose id the checkpoint carries; into a
@@ -30,7 +31,7 @@ except ImportError:  # Windows
 RUN_INFO = "run.json"
 LOCK = ".lock"
 CHECKPOINTS = ("last.pt", "best.pt")
-RUN_FILES = (*CHECKPOINTS, "metrics.jsonl", RUN_INFO)
+RUN_FILES = (*CHECKPOINTS, "metrics.jsonl", "loss.png", RUN_INFO)
 
 
 class RunDirError(ValueError):

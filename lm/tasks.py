@@ -56,6 +56,15 @@ class Task(ABC):
     def render(self, symbols: list[int]) -> str:
         return " ".join(str(s) for s in symbols)
 
+    def symbol_text(self, symbol: int) -> str:
+        """How one symbol is written (an axis label of an attention map)."""
+        return str(symbol)
+
+    def token_texts(self, ids: list[int]) -> list[str]:
+        """Token ids -> one label each: <pad>, <bos>, <eos>, or the symbol as symbol_text writes it."""
+        specials = {PAD: "<pad>", BOS: "<bos>", EOS: "<eos>"}
+        return [specials[i] if i in specials else self.symbol_text(i - NUM_SPECIALS) for i in ids]
+
     # ---- shared machinery
     def examples(self, n: int, min_len: int, max_len: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
         """n (source ids, target ids) pairs with lengths uniform in [min_len, max_len], as token ids."""
@@ -144,6 +153,9 @@ class AddTask(Task):
 
     def state(self) -> dict:
         return {**super().state(), "width": self.width}
+
+    def symbol_text(self, symbol):
+        return "+" if symbol == self.plus else str(symbol)
 
     def _number(self, digits: int, g) -> int:
         base = self.num_symbols
@@ -245,6 +257,9 @@ class GridTask(Task):
 
     def state(self) -> dict:
         return {**super().state(), "grid_op": self.op}
+
+    def symbol_text(self, symbol):
+        return "/" if symbol == self.sep else str(symbol)
 
     # ---- grids <-> symbols
     def rows(self, symbols: list[int]) -> list[list[int]]:

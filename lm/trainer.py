@@ -3,7 +3,7 @@
 ``train(cfg)`` runs a whole job (language modelling or a seq2seq task, see ``lm.jobs``): it
 prepares the data, builds (or restores) the model and optimizer, trains with a warm-up +
 cosine (or Noam) learning rate, gradient accumulation and clipping, evaluates, writes
-``metrics.jsonl`` and checkpoints, and ends with a final evaluation. It prints nothing:
+``metrics.jsonl``, ``loss.png`` and checkpoints, and ends with a final evaluation. It prints nothing:
 progress goes to the ``on_event`` callback that the calling script owns.
 """
 
@@ -133,12 +133,14 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
+        self.records: list[dict] = []  # the file's records (kept and written), as loss.png draws them
         if resume_step is not None and path.exists():
             try:
-                records = rundir.read_metrics(path)
+                pairs = rundir.read_metrics(path)
             except OSError as e:
                 raise OutputError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-            self.kept = [line for line, r in records if r.get("step", 0) <= resume_step and not _is_final(r)]
+            pairs = [(line, r) for line, r in pairs if r.get("step", 0) <= resume_step and not _is_final(r)]
+            self.kept, self.records = [line for line, _ in pairs], [r for _, r in pairs]
 
     def write(self, record: dict) -> None:
         line = json.dumps(record) + "\n"
@@ -152,6 +154,17 @@ class MetricsLog:
         except OSError as e:
             raise write_failure(self.path, e, "the checkpoints are intact; --resume continues from the last one") \
                 from None
+        self.records.append(record)
+
+    def plot(self, title: str) -> None:
+        """Redraw loss.png beside metrics.jsonl from every record so far (lm.plots.plot_run)."""
+        from . import plots  # matplotlib loads only when a run first evaluates (a faster start)
+
+        path = self.path.with_name("loss.png")
+        try:
+            plots.plot_run(self.records, path, title)
+        except OSError as e:
+            raise write_failure(path, e, "the checkpoints and metrics.jsonl are intact") from None
 
 
 @dataclass
@@ -283,6 +296,13 @@ class Run:
             except OSError as e:
                 kept = f"the previous {name} is intact" if path.exists() else f"no {name} was written"
                 raise write_failure(path, e, kept) from None
+
+    def title(self) -> str:
+        """What loss.png's title says about the run."""
+        m = self.cfg.model
+        return (f"{self.out_dir}: task {self.cfg.data.task}, {m.num_blocks} blocks x {m.num_heads} heads x "
+                f"{m.embedding_dim}, pos_encoding {m.pos_encoding}, attention {m.attention}, "
+                f"norm_placement {m.norm_placement}")
 
     def evaluate(self) -> dict:
         with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
@@ -423,6 +443,7 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
                 metrics.write(record)
                 if at_eval:
                     emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
+                    metrics.plot(run.title())
                 emit({"event": "log", **record})
 
             # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
@@ -458,5 +479,6 @@ def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Call
     record.update(final)
     record["elapsed_s"] = run.elapsed
     metrics.write(record)
+    metrics.plot(run.title())
     emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(run.out_dir)})
     return {**record, "best_val_loss": run.best_val, "total_steps": n_steps}

@@ -38,8 +38,10 @@ def test_sdpa_matches_explicit_attention(pos):
     model = tiny(pos)
     idx = torch.randint(11, (3, 16))
     fast, _, _ = model(idx)
-    slow, _, weights = model(idx, return_weights=True)  # forces the explicit path
+    slow, _, maps = model(idx, return_weights=True)  # forces the explicit path
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert list(maps.kinds()) == ["decoder_self"]
+    weights = maps.decoder_self
     assert len(weights) == 2 and weights[0].shape == (3, 2, 16, 16)
     torch.testing.assert_close(weights[0].sum(-1), torch.ones(3, 2, 16))
     assert (weights[0].triu(diagonal=1) == 0).all()  # no weight on the future

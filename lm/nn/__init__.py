@@ -2,8 +2,8 @@
 
 from .attention import KVCache, MultiHeadAttention, build_mask
 from .block import Block, FeedForward, LayerCache
-from .models import GPT, Encoder, EncoderDecoder
+from .models import GPT, AttentionMaps, Encoder, EncoderDecoder
 from .position import make_positional
 
-__all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "GPT", "Encoder",
+__all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "AttentionMaps", "GPT", "Encoder",
            "EncoderDecoder", "make_positional"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Sequence
 
 import torch
@@ -12,6 +13,29 @@ import torch.nn.functional as F
 from ..config import ModelConfig
 from .block import Block, LayerCache
 from .position import make_positional
+
+
+@dataclass
+class AttentionMaps:
+    """The attention weights of one forward pass, one convention for every model: each kind of
+    attention is a list with one (B, heads, T_q, T_k) tensor per layer (block), or None when the
+    model has no attention of that kind (or weights were not asked for).
+
+        encoder_self  queries and keys: source positions, bidirectional   (Encoder, EncoderDecoder)
+        decoder_self  queries and keys: target positions, causal           (GPT, EncoderDecoder)
+        cross         queries: target positions, keys: source positions    (EncoderDecoder)
+
+    heads is num_heads, or num_heads / 2 with differential attention, whose maps are signed (a row
+    sums to 1 - lambda). Masked keys (future, padding) have weight exactly 0.
+    """
+
+    encoder_self: list[torch.Tensor] | None = None
+    decoder_self: list[torch.Tensor] | None = None
+    cross: list[torch.Tensor] | None = None
+
+    def kinds(self) -> dict[str, list[torch.Tensor]]:
+        """The kinds this model has, by name, in the order encoder_self, decoder_self, cross."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 def init_weights(model: nn.Module, num_blocks: int) -> None:
@@ -137,23 +161,23 @@ class GPT(nn.Module):
         continue after the cached ones. pos: explicit positions of these tokens (default
         consecutive; see lm.nn.position).
 
-        Returns (logits, loss, weights): logits (B, T, V) or (B, 1, V) with last_only; loss is the
-        mean cross-entropy against targets (B, T) or None; weights is a list (one per block) of
-        (B, nh, T, T_k) attention weights when return_weights, else None.
+        Returns (logits, loss, attentions): logits (B, T, V) or (B, 1, V) with last_only; loss is the
+        mean cross-entropy against targets (B, T) or None; attentions is an AttentionMaps with
+        decoder_self when return_weights (the explicit attention path, slower), else None.
         """
         start = len(cache[0].self_attn) if cache else 0
         x, rope = self.embed(idx, start, pos)  # (B, T, C)
-        weights = [] if return_weights else None
+        maps = AttentionMaps(decoder_self=[]) if return_weights else None
         for i, block in enumerate(self.blocks):
             x, w = block(x, cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
-            if return_weights:
-                weights.append(w["self"])
+            if maps is not None:
+                maps.decoder_self.append(w["self"])
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
         logits = self.head(x)  # (B, T, V)
         loss = token_loss(logits, targets) if targets is not None else None
-        return logits, loss, weights
+        return logits, loss, maps
 
     def num_params(self) -> int:
         """Trainable parameters (the tied head counted once)."""
@@ -193,15 +217,16 @@ class Encoder(nn.Module):
                 pos: torch.Tensor | None = None):
         """src: (B, S) ids; padding_mask: (B, S) True at real tokens; attn_mask: (S, S) or (B, S, S)
         boolean adjacency; pos: the tokens' positions (default 0..S-1; see lm.nn.position).
-        Returns (states (B, S, C), weights: list per block or None)."""
+        Returns (states (B, S, C), attentions): an AttentionMaps with encoder_self when return_weights,
+        else None."""
         x, rope = self.embed(src, 0, pos)
-        weights = [] if return_weights else None
+        maps = AttentionMaps(encoder_self=[]) if return_weights else None
         for block in self.blocks:
             x, w = block(x, padding_mask=padding_mask, attn_mask=attn_mask, return_weights=return_weights,
                          rope=rope)
-            if return_weights:
-                weights.append(w["self"])
-        return self.ln_f(x), weights
+            if maps is not None:
+                maps.encoder_self.append(w["self"])
+        return self.ln_f(x), maps
 
 
 class EncoderDecoder(nn.Module):
@@ -236,34 +261,43 @@ class EncoderDecoder(nn.Module):
                tgt_mask: torch.Tensor | None = None, *, cache: list[LayerCache] | None = None,
                return_weights: bool = False, pos: torch.Tensor | None = None):
         """tgt: (B, T) target ids so far (only the new ones with a cache); pos: their positions (default
-        consecutive, continuing after the cached ones). Returns (logits (B, T, V), weights)."""
+        consecutive, continuing after the cached ones). Returns (logits (B, T, V), attentions): an
+        AttentionMaps with decoder_self and cross when return_weights, else None."""
         start = len(cache[0].self_attn) if cache else 0
         x, rope = self.tgt_embed(tgt, start, pos)
-        weights = [] if return_weights else None
+        maps = AttentionMaps(decoder_self=[], cross=[]) if return_weights else None
         for i, block in enumerate(self.blocks):
             x, w = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
                          cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
-            if return_weights:
-                weights.append(w)
-        return self.head(self.ln_f(x)), weights
+            if maps is not None:
+                maps.decoder_self.append(w["self"])
+                maps.cross.append(w["cross"])
+        return self.head(self.ln_f(x)), maps
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
                 tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
                 pad_id: int = -100, label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = (),
-                src_pos: torch.Tensor | None = None, tgt_pos: torch.Tensor | None = None):
+                src_pos: torch.Tensor | None = None, tgt_pos: torch.Tensor | None = None,
+                return_weights: bool = False):
         """Teacher forcing: tgt (B, T) is the decoder input (BOS + target), targets (B, T) the expected
-        output (target + EOS), padded with pad_id, which the loss ignores. Returns (logits, loss).
-        src_pos, tgt_pos: positions of source and decoder input (default consecutive from 0).
+        output (target + EOS), padded with pad_id, which the loss ignores. src_pos, tgt_pos: positions
+        of source and decoder input (default consecutive from 0).
+
+        Returns (logits, loss, attentions), as GPT does: attentions is an AttentionMaps with all three
+        kinds (encoder_self, decoder_self, cross) when return_weights, else None.
 
         Label smoothing spreads its mass only over valid outputs (see token_loss): every class but
         no_smooth_ids (e.g. PAD and BOS, which are never a right output; the seq2seq job passes them).
         """
-        logits, _ = self.decode(tgt, self.encode(src, src_mask, src_pos), src_mask, tgt_mask, pos=tgt_pos)
+        memory, enc_maps = self.encoder(src, src_mask, pos=src_pos, return_weights=return_weights)  # (B, S, C)
+        logits, maps = self.decode(tgt, memory, src_mask, tgt_mask, pos=tgt_pos, return_weights=return_weights)
+        if maps is not None:
+            maps.encoder_self = enc_maps.encoder_self
         loss = None
         if targets is not None:
             loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing,
                               no_smooth_ids=no_smooth_ids)
-        return logits, loss
+        return logits, loss, maps
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

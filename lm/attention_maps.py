@@ -1,0 +1,115 @@
+"""What a trained model attends to, for one input: its tokens and every attention map, ready to draw.
+
+``record(model, vocab, cfg, text, device)`` runs the model once with ``return_weights=True`` (see
+lm.nn.models.AttentionMaps) and returns an AttentionRecord:
+
+    language model   the text's characters, and decoder_self (causal) maps over them
+    seq2seq task     the source, the greedy output, and the teacher-forced pass over BOS + output:
+                     encoder_self (source x source), decoder_self (decoder input x decoder input)
+                     and cross (decoder input x source). Decoder input i is the query that predicts
+                     output token i + 1, so a copy model's cross-attention is a diagonal.
+
+``AttentionRecord.to_json()`` is the content of attention.json (and of the explorer page):
+
+    {"kind": "lm" | "seq2seq", "tokens": [...] or {"source": [...], "target": [...]},
+     "attentions": {"encoder_self" | "decoder_self" | "cross": [layer][head][query][key]},
+     "config": {"task": ..., the model's settings}, "output": the decoded output (seq2seq)}
+
+Layers and heads count from 0. Differential attention's maps are signed (see AttentionMaps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .generate import greedy_decode, prepare_source
+from .tasks import BOS, EOS, PAD
+from .tokenizer import UnknownCharactersError
+
+DECIMALS = 5  # weights in attention.json are rounded to this many decimals
+
+
+@dataclass
+class AttentionRecord:
+    kind: str  # "lm" or "seq2seq"
+    tokens: list[str] | dict[str, list[str]]  # lm: the text's tokens; seq2seq: {"source": ..., "target": ...}
+    maps: dict[str, np.ndarray]  # attention kind -> (layers, heads, T_q, T_k) float32
+    config: dict  # {"task": ..., the model's settings}
+    output: str | None = None  # seq2seq: the decoded output, as the task writes it
+
+    def axes(self, kind: str) -> tuple[list[str], list[str]]:
+        """(query tokens, key tokens) of an attention kind."""
+        if self.kind == "lm":
+            return self.tokens, self.tokens
+        source, target = self.tokens["source"], self.tokens["target"]
+        return {"encoder_self": (source, source), "decoder_self": (target, target), "cross": (target, source)}[kind]
+
+    @property
+    def signed(self) -> bool:
+        """Whether weights can be negative (differential attention, or any negative weight): plots then
+        centre their colours on 0."""
+        return self.config.get("attention") == "differential" or any(bool((m < 0).any()) for m in self.maps.values())
+
+    def to_json(self) -> dict:
+        data = {"kind": self.kind, "tokens": self.tokens,
+                "attentions": {k: np.round(m.astype(np.float64), DECIMALS).tolist() for k, m in self.maps.items()},
+                "config": self.config}
+        if self.output is not None:
+            data["output"] = self.output
+        return data
+
+
+def _stack(maps) -> dict[str, np.ndarray]:
+    """AttentionMaps of a batch of one -> kind -> (layers, heads, T_q, T_k) array."""
+    return {kind: torch.stack([w[0] for w in layers]).float().cpu().numpy() for kind, layers in maps.kinds().items()}
+
+
+def _settings(cfg) -> dict:
+    extra = {"grid_op": cfg.data.grid_op} if cfg.data.task == "grid" else {}
+    return {"task": cfg.data.task, **extra, **asdict(cfg.model)}
+
+
+@torch.no_grad()
+def record_text(model, tokenizer, cfg, text: str, device) -> AttentionRecord:
+    """A language model's attention over text (at most block_size characters)."""
+    if not text:
+        raise ValueError("the text is empty; give at least one character")
+    try:
+        ids = tokenizer.encode(text).tolist()
+    except UnknownCharactersError as e:
+        raise ValueError(f"the text cannot be encoded: {e}") from None
+    if len(ids) > cfg.model.block_size:
+        raise ValueError(f"the text has {len(ids)} characters; this model attends over at most "
+                         f"{cfg.model.block_size} (block_size): give a shorter text")
+    model.eval()
+    idx = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
+    _, _, maps = model(idx, return_weights=True)
+    tokens = [tokenizer.decode([i]) for i in ids]
+    return AttentionRecord("lm", tokens, _stack(maps), _settings(cfg))
+
+
+@torch.no_grad()
+def record_input(model, task, cfg, text: str, device) -> AttentionRecord:
+    """A seq2seq model's attention for one source: decode it greedily, then one teacher-forced pass."""
+    model.eval()
+    source = prepare_source(task, cfg, text, device)
+    out = greedy_decode(model, source.src, source.mask, source.max_len, BOS, EOS, PAD,
+                        src_pos=source.src_pos, tgt_pos=source.tgt_pos)[0].tolist()
+    if EOS in out:
+        out = out[: out.index(EOS) + 1]
+    tgt_in = [BOS] + [t for t in out if t != EOS][: source.max_len - 1]  # the decoder inputs that produced out
+    tgt = torch.tensor(tgt_in, dtype=torch.long, device=device)[None]  # (1, T)
+    tgt_pos = None if source.tgt_pos is None else source.tgt_pos[:, : tgt.size(1)]
+    _, _, maps = model(source.src, tgt, source.mask, src_pos=source.src_pos, tgt_pos=tgt_pos, return_weights=True)
+    tokens = {"source": task.token_texts(source.ids), "target": task.token_texts(tgt_in)}
+    return AttentionRecord("seq2seq", tokens, _stack(maps), _settings(cfg), output=task.render(task.from_ids(out)))
+
+
+def record(model, vocab, cfg, text: str, device) -> AttentionRecord:
+    """record_text for a language model (vocab: its tokenizer), record_input for a task (vocab: the Task)."""
+    if cfg.data.task == "lm":
+        return record_text(model, vocab, cfg, text, device)
+    return record_input(model, vocab, cfg, text, device)

@@ -1,0 +1,71 @@
+"""An offline, self-contained page for exploring a model's attention weights.
+
+explorer_html(data) puts the attention maps of one example (the dict visualize.py also saves as
+attention.json) into the page template lm/explorer.html: one HTML file with its CSS, its script and
+its data inline, that opens from file:// and makes no network request of any kind.
+
+The page shows one map at a time as a heatmap, rows the queries and columns the keys, each labelled
+with its token (space, newline and tab drawn as ␣ ↵ ⇥), picked by kind (encoder self-, decoder self-
+or cross-attention), layer and head. Hovering a cell reads out its query, its key and the weight; all
+heads of the layer are drawn small beside it, and clicking one opens it. Colours mean the same on every
+map of the page: white to dark blue from 0 to the largest weight, or, when any weight is negative or
+config["attention"] is "differential", blue through white to red, symmetric around 0.
+
+data:
+    kind        "lm" or "seq2seq"
+    tokens      lm: one list (queries and keys); seq2seq: {"source": [...], "target": [...]}
+    attentions  {kind: [layer][head][query][key]} for the kinds the model has: encoder_self
+                (source x source), decoder_self (target x target, or tokens x tokens), cross
+                (target x source); an lm has decoder_self only
+    config      plain JSON: the model's settings, shown as the page's summary line and table
+    output      optional: the seq2seq model's decoded output, shown under the summary
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .files import write_text_atomic
+
+TEMPLATE = Path(__file__).with_name("explorer.html")
+PLACEHOLDER = "__ATTENTION_DATA__"
+
+# (queries, keys) of each kind of attention, as keys of a seq2seq example's tokens
+SIDES = {"encoder_self": ("source", "source"), "decoder_self": ("target", "target"), "cross": ("target", "source")}
+
+# Inside <script> the JSON must never contain "</script" or "<!--": written as JSON escapes instead,
+# these characters read back the same. (U+2028/U+2029 are escaped too, for any JavaScript reader.)
+_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _check(data: dict) -> None:
+    """Raise ValueError unless every map has one row per query token and one column per key token."""
+    kind, tokens, attentions = data["kind"], data["tokens"], data["attentions"]
+    if kind not in ("lm", "seq2seq"):
+        raise ValueError(f"kind is {kind!r}: it must be 'lm' or 'seq2seq'")
+    allowed = ("decoder_self",) if kind == "lm" else tuple(SIDES)
+    if not attentions or set(attentions) - set(allowed):
+        raise ValueError(f"attentions has {sorted(attentions)}: a {kind} page shows some of {list(allowed)}")
+    for name, layers in attentions.items():
+        rows, cols = (tokens, tokens) if kind == "lm" else (tokens[SIDES[name][0]], tokens[SIDES[name][1]])
+        for layer in layers:
+            for head in layer:
+                if len(head) != len(rows) or any(len(row) != len(cols) for row in head):
+                    raise ValueError(f"each {name} map must be {len(rows)} x {len(cols)} (queries x keys)")
+
+
+def explorer_html(data: dict) -> str:
+    """The page, with data embedded as JSON in <script type="application/json" id="attention-data">.
+    Raises ValueError for maps whose shapes do not match the tokens, and for NaN or infinite weights."""
+    _check(data)
+    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char, escape in _ESCAPES.items():
+        text = text.replace(char, escape)
+    before, after = TEMPLATE.read_text(encoding="utf-8").split(PLACEHOLDER)
+    return before + text + after
+
+
+def write_explorer(data: dict, path: str | Path) -> None:
+    """Write explorer_html(data) to path atomically (a reader never sees half a page)."""
+    write_text_atomic(path, explorer_html(data))

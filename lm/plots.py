@@ -1,0 +1,198 @@
+"""PNG plots with matplotlib: attention heatmaps and loss curves.
+
+Attention (from an lm.attention_maps.AttentionRecord), tokens as axis labels, queries as rows:
+    plot_head       one head of one layer
+    plot_layer      every head of one layer, side by side
+    plot_overview   every layer (rows) and head (columns)
+Weights in [0, 1] use a sequential scale from 0; signed weights (differential attention) a
+diverging one centred on 0.
+
+Training (from the records of metrics.jsonl):
+    plot_run        loss.png of one run: train and validation loss against step and against
+                    training time (evaluation excluded), and exact match for seq2seq tasks
+    plot_runs       several runs' curves overlaid, one colour each
+
+Figures are built without pyplot (no global state, no display needed) and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+
+from .files import write_atomic
+
+VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}  # whitespace drawn as a visible sign
+MAX_LABELS = 48  # a longer axis labels every n-th token only
+
+
+def token_label(token: str) -> str:
+    return "".join(VISIBLE.get(ch, ch) for ch in token)
+
+
+def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    write_atomic(path, lambda f: f.write(buf.getvalue()))
+
+
+# ----------------------------------------------------------------------------- attention
+
+def _colours(record) -> tuple[str, Normalize]:
+    """One colour scale for every map of a record, so maps can be compared: 0..max, or -m..m if signed."""
+    top = max(float(np.abs(m).max()) for m in record.maps.values()) or 1.0
+    if record.signed:
+        return "RdBu_r", Normalize(-top, top)
+    return "Blues", Normalize(0.0, top)
+
+
+def _ticks(ax, axis: str, tokens: list[str], fontsize: float) -> None:
+    step = max(1, math.ceil(len(tokens) / MAX_LABELS))
+    where = list(range(0, len(tokens), step))
+    labels = [token_label(tokens[i]) for i in where]
+    if axis == "x":
+        ax.set_xticks(where, labels, fontsize=fontsize, rotation=90)
+    else:
+        ax.set_yticks(where, labels, fontsize=fontsize)
+
+
+def _heatmap(ax, weights: np.ndarray, queries: list[str], keys: list[str], cmap: str, norm: Normalize,
+             labels: bool = True, fontsize: float = 8):
+    image = ax.imshow(weights, cmap=cmap, norm=norm, interpolation="nearest", aspect="auto")
+    if labels:
+        _ticks(ax, "x", keys, fontsize)
+        _ticks(ax, "y", queries, fontsize)
+        ax.tick_params(length=0)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return image
+
+
+def _axis_names(record, kind: str) -> tuple[str, str]:
+    """(query axis, key axis) titles."""
+    if record.kind == "lm":
+        return "query (token)", "key (token)"
+    return {"encoder_self": ("source (query)", "source (key)"),
+            "decoder_self": ("decoder input (query)", "decoder input (key)"),
+            "cross": ("decoder input (query)", "source (key)")}[kind]
+
+
+def _title(record, kind: str) -> str:
+    c = record.config
+    return f"{c['task']}: {kind.replace('_', ' ')} attention ({c['attention']}, {c['pos_encoding']})"
+
+
+def plot_head(record, kind: str, layer: int, head: int, path: str | Path) -> None:
+    """One head: a T_q x T_k heatmap with its colour bar."""
+    weights = record.maps[kind][layer, head]  # (T_q, T_k)
+    queries, keys = record.axes(kind)
+    cmap, norm = _colours(record)
+    side = min(12.0, max(4.0, 0.22 * max(len(queries), len(keys)) + 2))
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.add_subplot()
+    image = _heatmap(ax, weights, queries, keys, cmap, norm)
+    ylabel, xlabel = _axis_names(record, kind)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{_title(record, kind)}\nlayer {layer}, head {head}", fontsize=10)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    _save(fig, path)
+
+
+def _grid(record, kind: str, cells: list[tuple[int, int]], ncols: int, labels: bool, path, title: str) -> None:
+    queries, keys = record.axes(kind)
+    cmap, norm = _colours(record)
+    nrows = math.ceil(len(cells) / ncols)
+    size = 3.2 if labels else 1.6
+    fig = Figure(figsize=(size * ncols + 1, size * nrows + 0.8))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    image = None
+    for ax, (layer, head) in zip(axes.flat, cells):
+        image = _heatmap(ax, record.maps[kind][layer, head], queries, keys, cmap, norm, labels=labels,
+                         fontsize=6 if labels else 0)
+        ax.set_title(f"layer {layer} head {head}", fontsize=8)
+    for ax in axes.flat[len(cells):]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    fig.colorbar(image, ax=axes, shrink=0.6)
+    _save(fig, path)
+
+
+def plot_layer(record, kind: str, layer: int, path: str | Path) -> None:
+    """Every head of one layer, four to a row."""
+    heads = record.maps[kind].shape[1]
+    _grid(record, kind, [(layer, h) for h in range(heads)], min(4, heads), True, path,
+          f"{_title(record, kind)}: layer {layer}, all heads")
+
+
+def plot_overview(record, kind: str, path: str | Path) -> None:
+    """Every layer (a row each) and head (a column each), small and unlabelled."""
+    layers, heads = record.maps[kind].shape[:2]
+    _grid(record, kind, [(l, h) for l in range(layers) for h in range(heads)], heads, False, path,
+          f"{_title(record, kind)}: every layer and head")
+
+
+# ----------------------------------------------------------------------------- loss curves
+
+def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    points = [(r[x], r[y]) for r in records if x in r and r.get(y) is not None and not r.get("final")]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _exact_keys(records: list[dict]) -> list[str]:
+    return [k for k in ("val_exact", "long_exact") if any(k in r for r in records)]
+
+
+def plot_run(records: list[dict], path: str | Path, title: str = "") -> None:
+    """loss.png: train and validation loss against step and against training time; exact match too
+    (seq2seq tasks); the final evaluation (whole validation split) as a marker at the last step."""
+    exact = _exact_keys(records)
+    fig = Figure(figsize=(5.5 * (3 if exact else 2), 4))
+    axes = fig.subplots(1, 3 if exact else 2, squeeze=False)[0]
+    final = next((r for r in reversed(records) if r.get("final")), None)
+    for ax, x, xlabel in ((axes[0], "step", "step"), (axes[1], "elapsed_s", "training time (s)")):
+        ax.plot(*_series(records, x, "train_loss"), label="train", color="tab:blue", alpha=0.8)
+        ax.plot(*_series(records, x, "val_loss"), "o-", label="validation", color="tab:orange", markersize=3)
+        if final and "final_val_loss" in final and x in final:
+            ax.plot([final[x]], [final["final_val_loss"]], "*", color="tab:red", markersize=10,
+                    label=f"final validation {final['final_val_loss']:.4f}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if exact:
+        for key in exact:
+            ax = axes[2]
+            ax.plot(*_series(records, "step", key), "o-", markersize=3,
+                    label={"val_exact": "held-out", "long_exact": "held-out, longer"}[key])
+        ax.set_xlabel("step")
+        ax.set_ylabel("exact match")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path) -> None:
+    """Several runs (label, records) overlaid: validation loss (solid) and train loss (faint) against
+    step and against training time."""
+    fig = Figure(figsize=(13, 4.8))
+    axes = fig.subplots(1, 2)
+    colours = [f"C{i % 10}" for i in range(len(runs))]
+    for (label, records), colour in zip(runs, colours):
+        for ax, x in zip(axes, ("step", "elapsed_s")):
+            ax.plot(*_series(records, x, "train_loss"), color=colour, alpha=0.3, linewidth=1)
+            ax.plot(*_series(records, x, "val_loss"), "o-", color=colour, markersize=3, label=label)
+    for ax, xlabel in zip(axes, ("step", "training time (s)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("loss (solid: validation, faint: train)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="upper right")
+    _save(fig, path)

@@ -1,0 +1,328 @@
+"""Seeing inside: the one attention-weights convention (AttentionMaps) of every model kind and variant,
+attention records of real checkpoints, visualize.py end to end (PNGs, attention.json, attention.html,
+--runs), and loss.png written by every run."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import cli, tiny
+from lm import plots, trainer
+from lm.attention_maps import AttentionRecord, record
+from lm.checkpoint import load_model
+from lm.config import ModelConfig
+from lm.config import load as load_config
+from lm.nn import GPT, AttentionMaps, Encoder, EncoderDecoder
+from lm.runs import RunError, load_runs
+
+VARIANTS = [("learned", "standard", "pre"), ("rope", "differential", "post"), ("sinusoidal", "differential", "pre"),
+            ("none", "standard", "post")]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(cls, pos, attn, norm, heads=4):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=13, block_size=16, num_blocks=3, num_heads=heads, embedding_dim=32,
+                      pos_encoding=pos, attention=attn, norm_placement=norm)
+    return cls(cfg).eval()
+
+
+# ----------------------------------------------------------------------------- one convention for every model
+
+@pytest.mark.parametrize("pos,attn,norm", VARIANTS)
+def test_every_model_returns_attention_maps_of_the_same_form(pos, attn, norm):
+    B, S, T = 2, 7, 5
+    heads = 4 if attn == "standard" else 2
+    src = torch.randint(3, 13, (B, S))
+    src_mask = torch.ones(B, S, dtype=torch.bool)
+    src_mask[1, 4:] = False  # the second source is 4 tokens long: padding after
+    tgt = torch.randint(3, 13, (B, T))
+
+    gpt = build(GPT, pos, attn, norm)
+    logits, _, maps = gpt(tgt, return_weights=True)
+    assert isinstance(maps, AttentionMaps) and list(maps.kinds()) == ["decoder_self"]
+    assert gpt(tgt)[2] is None
+    torch.testing.assert_close(gpt(tgt)[0], logits, atol=1e-5, rtol=1e-5)
+    for layer, w in enumerate(maps.decoder_self):
+        assert w.shape == (B, heads, T, T)
+        assert (w.triu(diagonal=1) == 0).all()  # causal: no weight on the future
+        want = 1.0 if attn == "standard" else float(1 - gpt.blocks[layer].self_attn.lambda_full().detach())
+        torch.testing.assert_close(w.sum(-1), torch.full((B, heads, T), want), atol=1e-5, rtol=1e-5)
+
+    encoder = build(Encoder, pos, attn, norm)
+    _, maps = encoder(src, src_mask, return_weights=True)
+    assert list(maps.kinds()) == ["encoder_self"] and len(maps.encoder_self) == 3
+    assert all(w.shape == (B, heads, S, S) for w in maps.encoder_self)
+    assert all((w[1, :, :, 4:] == 0).all() for w in maps.encoder_self)  # padding keys get no weight
+
+    model = build(EncoderDecoder, pos, attn, norm)
+    logits, loss, maps = model(src, tgt, src_mask, targets=tgt, return_weights=True)
+    assert list(maps.kinds()) == ["encoder_self", "decoder_self", "cross"]
+    assert loss is not None and model(src, tgt, src_mask)[2] is None
+    torch.testing.assert_close(model(src, tgt, src_mask)[0], logits, atol=1e-5, rtol=1e-5)
+    shapes = {"encoder_self": (B, heads, S, S), "decoder_self": (B, heads, T, T), "cross": (B, heads, T, S)}
+    for kind, layers in maps.kinds().items():
+        assert len(layers) == 3 and all(w.shape == shapes[kind] for w in layers), kind
+    assert all((w[1, :, :, 4:] == 0).all() for w in maps.cross)  # cross-attention never reads padding
+    assert all((w.triu(diagonal=1) == 0).all() for w in maps.decoder_self)
+    for layer, w in enumerate(maps.cross):
+        want = 1.0 if attn == "standard" else float(1 - model.blocks[layer].cross_attn.lambda_full().detach())
+        torch.testing.assert_close(w.sum(-1), torch.full((B, heads, T), want), atol=1e-5, rtol=1e-5)
+    # the parts give the same maps as the whole: encode + decode, and the Encoder stack alone
+    memory, enc_maps = model.encoder(src, src_mask, return_weights=True)
+    _, dec_maps = model.decode(tgt, memory, src_mask, return_weights=True)
+    for a, b in zip(enc_maps.encoder_self + dec_maps.decoder_self + dec_maps.cross,
+                    maps.encoder_self + maps.decoder_self + maps.cross):
+        torch.testing.assert_close(a, b)
+
+
+def test_attention_maps_reproduce_the_attention_output():
+    """The weights returned are the ones used: weights @ V through the output projection gives the layer's output."""
+    model = build(GPT, "learned", "standard", "pre")
+    x = torch.randn(2, 6, 32)
+    attn = model.blocks[0].self_attn
+    y, w = attn(x, return_weights=True)
+    v = attn.kv_proj(x).split(32, dim=2)[1].view(2, 6, 4, 8).transpose(1, 2)  # (B, nh, T, hs)
+    by_hand = attn.out_proj((w @ v).transpose(1, 2).reshape(2, 6, 32))
+    torch.testing.assert_close(y, by_hand)
+
+
+# ----------------------------------------------------------------------------- checkpoints to look at
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, request):
+    """Tiny real checkpoints made by train.py: a language model, a copy model, a grid model with
+    differential attention and 2D positions."""
+    root = tmp_path_factory.mktemp("viz")
+    corpus = root / "corpus.txt"
+    corpus.write_text("ROMEO: hello there, Juliet!\nJULIET: hello, Romeo.\n" * 40, encoding="utf-8")
+    seq2seq = ["--block_size=24", "--num_blocks=2", "--num_heads=4", "--embedding_dim=32", "--max_iters=6",
+               "--eval_interval=3", "--batch_size=8", "--held_out_size=20", "--device=cpu", "--warmup_iters=2"]
+    runs = {
+        "lm": tiny(corpus, root / "lm", "--max_iters=6", "--eval_interval=3", "--num_blocks=2"),
+        "copy": ["--task=copy", "--max_len=6", "--eval_long_len=8", f"--out_dir={root / 'copy'}", *seq2seq],
+        "grid": ["--task=grid", "--min_len=2", "--max_len=3", "--eval_long_len=3", "--num_symbols=5",
+                 "--pos_encoding=learned_2d", "--attention=differential", f"--out_dir={root / 'grid'}", *seq2seq],
+    }
+    for name, args in runs.items():
+        done = cli("train.py", *args)
+        assert done.returncode == 0, done.stderr
+    return root
+
+
+def test_record_of_a_language_model(checkpoints):
+    model, vocab, cfg = load_model(checkpoints / "lm" / "best.pt")
+    rec = record(model, vocab, cfg, "ROMEO: hi", "cpu")
+    assert rec.kind == "lm" and rec.tokens == list("ROMEO: hi")
+    assert list(rec.maps) == ["decoder_self"] and rec.maps["decoder_self"].shape == (2, 2, 9, 9)
+    with torch.no_grad():
+        _, _, maps = model(torch.tensor(vocab.encode("ROMEO: hi").tolist())[None], return_weights=True)
+    np.testing.assert_allclose(rec.maps["decoder_self"][1], maps.decoder_self[1][0].numpy())
+    data = rec.to_json()
+    assert data["config"]["task"] == "lm" and data["config"]["num_heads"] == 2
+    np.testing.assert_allclose(np.array(data["attentions"]["decoder_self"]), rec.maps["decoder_self"], atol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        record(model, vocab, cfg, "R" * 17, "cpu")
+    with pytest.raises(ValueError, match="cannot be encoded"):
+        record(model, vocab, cfg, "ROMEO 🙂", "cpu")
+    with pytest.raises(ValueError, match="empty"):
+        record(model, vocab, cfg, "", "cpu")
+
+
+def test_record_of_a_seq2seq_model_decodes_then_looks(checkpoints):
+    model, task, cfg = load_model(checkpoints / "copy" / "best.pt")
+    rec = record(model, task, cfg, "5 7 9 2", "cpu")
+    assert rec.tokens["source"] == ["5", "7", "9", "2"]
+    target = rec.tokens["target"]
+    assert target[0] == "<bos>" and "<eos>" not in target
+    assert rec.output == " ".join(target[1:])  # the decoder inputs after BOS are the decoded output
+    L, H, S, T = 2, 4, 4, len(target)
+    assert {k: m.shape for k, m in rec.maps.items()} == {"encoder_self": (L, H, S, S), "decoder_self": (L, H, T, T),
+                                                         "cross": (L, H, T, S)}
+    assert rec.axes("cross") == (target, rec.tokens["source"])
+
+
+def test_grid_tokens_show_the_row_separator_and_differential_maps_count_as_signed(checkpoints):
+    model, task, cfg = load_model(checkpoints / "grid" / "best.pt")
+    rec = record(model, task, cfg, "01/23", "cpu")
+    assert rec.tokens["source"] == ["0", "1", "/", "2", "3"]
+    assert rec.maps["cross"].shape[1] == 2  # differential: num_heads / 2 heads
+    assert rec.config["attention"] == "differential" and rec.config["grid_op"] == "rotate"
+    assert rec.signed  # by its attention, even where no weight happens to be negative
+    assert plots._colours(rec)[0] == "RdBu_r"
+
+
+# ----------------------------------------------------------------------------- visualize.py
+
+def pngs(directory):
+    return sorted(p.name for p in directory.glob("*.png"))
+
+
+def test_visualize_a_language_model(checkpoints, tmp_path):
+    out = tmp_path / "viz"
+    done = cli("visualize.py", "--checkpoint", checkpoints / "lm" / "best.pt", "--text", "ROMEO: hello",
+               "--out", out, "--layer", "0", "--head", "1")
+    assert done.returncode == 0, done.stderr
+    assert pngs(out) == ["decoder_self_layer0.png", "decoder_self_layer0_head1.png", "decoder_self_overview.png"]
+    for png in out.glob("*.png"):
+        with Image.open(png) as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    data = json.loads((out / "attention.json").read_text())
+    assert data["tokens"] == list("ROMEO: hello")
+    assert list(data["attentions"]) == ["decoder_self"]
+    assert np.array(data["attentions"]["decoder_self"]).shape == (2, 2, 12, 12)
+    assert data["config"]["pos_encoding"] == "learned"
+    html = (out / "attention.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert str(out / "attention.html") in done.stdout
+
+
+def test_visualize_a_seq2seq_model_defaults_to_the_last_layer(checkpoints, tmp_path):
+    out = tmp_path / "viz"
+    done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", "--input", "5 7 9 2", "--out", out)
+    assert done.returncode == 0, done.stderr
+    assert pngs(out) == sorted(f"{kind}_{name}.png" for kind in ("encoder_self", "decoder_self", "cross")
+                               for name in ("layer1", "layer1_head0", "overview"))
+    data = json.loads((out / "attention.json").read_text())
+    assert data["tokens"]["source"] == ["5", "7", "9", "2"] and data["tokens"]["target"][0] == "<bos>"
+    assert set(data["attentions"]) == {"encoder_self", "decoder_self", "cross"}
+    assert "-> output" in done.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layer", "2"], "--layer 2 is not allowed; this model has 2 layers: 0..1"),
+    (["--head", "4"], "--head 4 is not allowed; this model has 4 heads: 0..3"),
+    (["--text", "abc"], "--text is for language-model checkpoints"),
+    ([], "give the source with --input"),
+])
+def test_visualize_refuses_bad_settings_with_exit_2(checkpoints, tmp_path, args, message):
+    extra = [] if "--text" in args or args == [] else ["--input", "5 7"]
+    done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", *extra, *args, "--out", tmp_path)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_visualize_differential_heads_are_counted_as_such(checkpoints, tmp_path):
+    done = cli("visualize.py", "--checkpoint", checkpoints / "grid" / "best.pt", "--input", "01/23", "--head", "2",
+               "--out", tmp_path)
+    assert done.returncode == 2 and "2 heads (differential: num_heads / 2): 0..1" in done.stderr, done.stderr
+
+
+def test_heatmaps_use_a_diverging_scale_centred_on_zero_for_signed_weights(tmp_path):
+    plain = AttentionRecord("lm", ["a", "b"], {"decoder_self": np.array([[[[1, 0], [0.3, 0.7]]]], np.float32)},
+                            {"task": "lm", "attention": "standard", "pos_encoding": "learned"})
+    signed = AttentionRecord("lm", ["a", "b"], {"decoder_self": np.array([[[[0.9, 0], [-0.4, 0.1]]]], np.float32)},
+                             {"task": "lm", "attention": "standard", "pos_encoding": "learned"})
+    cmap, norm = plots._colours(plain)
+    assert cmap == "Blues" and (norm.vmin, norm.vmax) == (0.0, 1.0)
+    cmap, norm = plots._colours(signed)
+    assert cmap == "RdBu_r" and norm.vmin == -norm.vmax == pytest.approx(-0.9)
+    plots.plot_head(signed, "decoder_self", 0, 0, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- loss.png and --runs
+
+def test_every_run_redraws_loss_png_at_each_evaluation_and_at_the_end(small_corpus, tmp_path):
+    cfg = load_config(None, [f"--data_path={small_corpus}", f"--out_dir={tmp_path / 'run'}", "--block_size=16",
+                             "--batch_size=4", "--num_blocks=1", "--num_heads=2", "--embedding_dim=16",
+                             "--eval_iters=1", "--max_iters=7", "--eval_interval=2", "--log_interval=1",
+                             "--device=cpu"])
+    png = tmp_path / "run" / "loss.png"
+    seen = []
+
+    def on_event(event):
+        if event["event"] == "step" and png.exists():
+            seen.append(hashlib.sha256(png.read_bytes()).hexdigest())
+
+    trainer.train(cfg, on_event=on_event)
+    # evaluations at steps 2, 4, 6: the picture changes after each, and again at the end
+    assert len(set(seen)) == 3
+    assert hashlib.sha256(png.read_bytes()).hexdigest() not in seen
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+
+
+def test_seq2seq_loss_png_adds_exact_match(tmp_path):
+    records = [{"step": 1, "train_loss": 2.0, "elapsed_s": 0.1},
+               {"step": 2, "train_loss": 1.5, "elapsed_s": 0.2, "val_loss": 1.6, "val_exact": 0.2, "long_exact": 0.0},
+               {"step": 2, "final": True, "final_val_loss": 1.55, "elapsed_s": 0.2}]
+    plots.plot_run(records, tmp_path / "seq2seq.png")
+    plots.plot_run([r for r in records if "val_exact" not in r] + [{"step": 2, "val_loss": 1.6, "elapsed_s": 0.2}],
+                   tmp_path / "lm.png")
+    with Image.open(tmp_path / "seq2seq.png") as a, Image.open(tmp_path / "lm.png") as b:
+        assert a.size[0] > b.size[0] * 1.3  # a third panel
+    assert plots._exact_keys(records) == ["val_exact", "long_exact"]
+
+
+def test_overwrite_removes_the_old_loss_png(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
+    first = (out / "loss.png").read_bytes()
+    done = cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--eval_interval=2", "--overwrite"))
+    assert done.returncode == 0, done.stderr
+    assert (out / "loss.png").read_bytes() != first
+
+
+def test_runs_are_overlaid_and_labelled_by_the_settings_that_differ(checkpoints, tmp_path):
+    runs = load_runs([checkpoints / "copy", checkpoints / "grid"])
+    labels = [label for label, _ in runs]
+    assert labels[0].startswith(str(checkpoints / "copy") + ": task=copy")
+    assert "pos_encoding=learned_2d" in labels[1] or "+" in labels[1]
+    assert all(records for _, records in runs)
+    done = cli("visualize.py", "--runs", checkpoints / "copy", checkpoints / "lm", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    with Image.open(tmp_path / "runs.png") as image:
+        assert image.format == "PNG"
+
+
+def test_runs_refuses_a_directory_that_is_not_a_run(checkpoints, tmp_path):
+    with pytest.raises(RunError, match="not a run directory"):
+        load_runs([checkpoints / "copy", tmp_path])
+    done = cli("visualize.py", "--runs", tmp_path, "--out", tmp_path)
+    assert done.returncode == 2 and "not a run directory" in done.stderr
+
+
+# ----------------------------------------------------------------------------- the explorer, in a real browser
+
+def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoints, tmp_path):
+    """visualize.py's attention.html, opened offline in headless Chromium: the heatmap is drawn, and choosing
+    another kind or head draws something else."""
+    from browser import launch, open_page
+
+    out = tmp_path / "viz"
+    done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", "--input", "5 7 9 2", "--out", out)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((out / "attention.json").read_text())
+    with launch() as browser, open_page(out / "attention.html", browser) as opened:
+        page = opened.page
+
+        def drawn():
+            return page.evaluate("document.getElementById('heatmap').toDataURL()")
+
+        blank = page.evaluate("""() => { const c = document.getElementById('heatmap'), b = document.createElement('canvas');
+                                         b.width = c.width; b.height = c.height; return b.toDataURL(); }""")
+        assert page.input_value("#kind") == "encoder_self"
+        first = drawn()
+        assert first != blank
+        page.select_option("#kind", "cross")
+        state = page.evaluate("({rows: window.explorer.rows, cols: window.explorer.cols})")
+        assert state == {"rows": data["tokens"]["target"], "cols": data["tokens"]["source"]}
+        cross = drawn()
+        assert cross != first
+        page.select_option("#head", "1")
+        assert drawn() != cross
+        page.select_option("#head", "0")
+        assert drawn() == cross
+        opened.assert_clean()

@@ -1,0 +1,118 @@
+"""See inside a trained model: attention maps of one input, or the loss curves of several runs.
+
+Attention of a checkpoint on one input (a language model's --text, a seq2seq task's --input):
+    python visualize.py --checkpoint out/shakespeare_char/best.pt --text "ROMEO: hello" --out viz/
+    python visualize.py --checkpoint out/reverse/best.pt --input "5 7 9 2" --out viz/
+writes into --out, for every kind of attention the model has (encoder_self, decoder_self, cross):
+    KIND_layerL_headH.png   one head (--layer, default the last layer; --head, default 0)
+    KIND_layerL.png         every head of that layer
+    KIND_overview.png       every layer and head
+    attention.json          tokens, every map as [layer][head][query][key], the model's settings
+    attention.html          an interactive explorer of the same, one file that works offline
+
+Loss curves of several runs, overlaid (labelled by run directory and the settings that differ):
+    python visualize.py --runs out/a out/b --out viz/          -> viz/runs.png
+
+Exit codes: 0 done; 2 a bad setting, input, checkpoint or run directory (the message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lm import plots
+from lm.attention_maps import record
+from lm.checkpoint import CheckpointError, load_model
+from lm.config import ConfigError
+from lm.device import resolve_device
+from lm.explorer import write_explorer
+from lm.files import write_text_atomic
+from lm.runs import RunError, load_runs
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Attention maps of a checkpoint, or loss curves of runs.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", help="checkpoint file whose attention to draw")
+    what.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="run directories whose loss curves to overlay")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--text", help="language model: the text to attend over (at most block_size characters)")
+    text.add_argument("--input", help='seq2seq task: the source, e.g. "5 7 9 2", "123+45" or a grid "012/340/567"')
+    p.add_argument("--out", default="viz", help="directory for the files (default: %(default)s)")
+    p.add_argument("--layer", type=int, default=None, help="layer of the one-head and one-layer plots "
+                                                             "(0-based; default: the last)")
+    p.add_argument("--head", type=int, default=0, help="head of the one-head plot (0-based; default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def check_index(name: str, value: int, count: int, what: str) -> None:
+    if not 0 <= value < count:
+        raise ValueError(f"--{name} {value} is not allowed; this model has {count} {what}: 0..{count - 1}")
+
+
+def attention(args) -> list[Path]:
+    """Record the checkpoint's attention on the input, then write the PNGs, attention.json and attention.html."""
+    device = resolve_device(args.device)
+    model, vocab, cfg = load_model(args.checkpoint, device)
+    lm_task = cfg.data.task == "lm"
+    if lm_task and args.input is not None:
+        raise ValueError(f"--input is for seq2seq task checkpoints; {args.checkpoint} is a language model: use --text")
+    if not lm_task and args.text is not None:
+        raise ValueError(f"--text is for language-model checkpoints; {args.checkpoint} was trained on task "
+                         f"{cfg.data.task!r}: use --input")
+    text = args.text if lm_task else args.input
+    if text is None:
+        raise ValueError("give the text to attend over with --text" if lm_task else
+                         f"give the source with --input (task {cfg.data.task!r})")
+    rec = record(model, vocab, cfg, text, device)
+    layers, heads = next(iter(rec.maps.values())).shape[:2]
+    layer = layers - 1 if args.layer is None else args.layer
+    check_index("layer", layer, layers, "layers")
+    check_index("head", args.head, heads, "heads" + (" (differential: num_heads / 2)"
+                                                      if cfg.model.attention == "differential" else ""))
+    out = Path(args.out)
+    written = []
+    for kind in rec.maps:
+        for path, draw in ((out / f"{kind}_layer{layer}_head{args.head}.png",
+                            lambda p: plots.plot_head(rec, kind, layer, args.head, p)),
+                           (out / f"{kind}_layer{layer}.png", lambda p: plots.plot_layer(rec, kind, layer, p)),
+                           (out / f"{kind}_overview.png", lambda p: plots.plot_overview(rec, kind, p))):
+            draw(path)
+            written.append(path)
+    data = rec.to_json()
+    write_text_atomic(out / "attention.json", json.dumps(data) + "\n")
+    write_explorer(data, out / "attention.html")
+    if rec.output is not None:
+        print(f"input {text!r} -> output {rec.output!r}")
+    return written + [out / "attention.json", out / "attention.html"]
+
+
+def loss_curves(args) -> list[Path]:
+    path = Path(args.out) / "runs.png"
+    plots.plot_runs(load_runs(args.runs), path)
+    return [path]
+
+
+def main(argv) -> int:
+    args = parse_args(argv)
+    try:
+        if args.runs and (args.text is not None or args.input is not None):
+            raise ValueError("--text and --input go with --checkpoint, not with --runs")
+        written = loss_curves(args) if args.runs else attention(args)
+    except (ValueError, CheckpointError, ConfigError, RunError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
