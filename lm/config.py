@@ -104,7 +104,7 @@ class TrainConfig:
     min_lr: float = 2e-4
     # step at which the cosine decay reaches min_lr (null = the run's last step)
     lr_decay_iters: Optional[int] = None
-    # steps of linear warm-up from 0 to lr
+    # steps of linear warm-up to lr (step s, from 0, gets lr * (s + 1) / warmup_iters)
     warmup_iters: int = 100
     # AdamW weight decay, applied to weight matrices only (not biases or norms)
     weight_decay: float = 0.1

@@ -115,7 +115,7 @@ class MultiHeadAttention(nn.Module):
             if rope is not None and context is None:
                 q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
             if cache is not None:
-                k, v = cache.append(k, v)  # self-attention: past + new positions
+                k, v = cache.append(k, v)  # self-attention: past + new positions; cross: stored once
         causal = self.causal and context is None
         mask = build_mask(T, k.size(2), causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                           device=x.device)

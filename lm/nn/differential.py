@@ -33,6 +33,8 @@ class DifferentialAttention(MultiHeadAttention):
     A query with no allowed key (a fully masked row) gets all-zero weights and a zero head output,
     so its result is out_proj(0) = the output bias, in the SDPA and the explicit path alike.
     return_weights gives the signed differential maps A (B, h, T, T_k); a row sums to 1 - lambda.
+    With dropout in training, the fused path drops the two softmax maps independently and the
+    explicit path drops A itself: the same in expectation, not the same distribution.
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,

@@ -136,8 +136,9 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 
 class GPT(nn.Module):
     """Decoder-only language model:
 
-        h_0 = E[tokens] + PE[positions];  h_l = Block_l(h_{l-1}) (causal);  logits = LN(h_L) E^T
-    with the output head tied to the token embedding E.
+        h_0 = s E[tokens] + PE[positions];  h_l = Block_l(h_{l-1}) (causal);  logits = LN(h_L) E^T
+    with s = 1, or sqrt(C) for the sinusoidal encodings (see Embedder), and the output head tied
+    to the token embedding E.
     """
 
     def __init__(self, cfg: ModelConfig):
