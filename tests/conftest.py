@@ -27,6 +27,17 @@ def shakespeare() -> Path:
     return SHAKESPEARE
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models: one intra-op thread is fastest, and several stall badly on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def small_corpus(tmp_path) -> Path:
     """A 20,000-character slice of the offline corpus (Python's docs), written to a temporary file."""

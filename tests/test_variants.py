@@ -52,13 +52,7 @@ SHAPES = ((3, 3), (2, 3), (1, 2))  # grids of 11, 7 and 2 source tokens: a padde
 KINDS = {"gpt": GPT, "encoder": Encoder, "seq2seq": EncoderDecoder}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models are tiny: one intra-op thread is fastest, and several stall badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def gen(seed):

@@ -23,12 +23,7 @@ VARIANTS = [("learned", "standard", "pre"), ("rope", "differential", "post"), ("
             ("none", "standard", "post")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def build(cls, pos, attn, norm, heads=4):
