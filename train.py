@@ -197,6 +197,8 @@ class Console:
                                 dynamic_ncols=True, mininterval=0.5, file=self.stream)
             else:
                 self.bar = PlainProgress(e["total_steps"], e["start_step"], self.stream)
+        elif kind == "warning":
+            tqdm.write(f"warning: {e['message']}", file=sys.stderr)
         elif kind == "step":
             self.bar.update(1)
         elif kind == "log":

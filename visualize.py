@@ -13,7 +13,8 @@ writes into --out, for every kind of attention the model has (encoder_self, deco
 Loss curves of several runs, overlaid (labelled by run directory and the settings that differ):
     python visualize.py --runs out/a out/b --out viz/          -> viz/runs.png
 
-Exit codes: 0 done; 2 a bad setting, input, checkpoint or run directory (the message says which).
+Exit codes: 0 done; 1 a file could not be written; 2 a bad setting, input, checkpoint or run
+directory (the message says which); 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -44,14 +45,26 @@ def parse_args(argv):
     p.add_argument("--out", default="viz", help="directory for the files (default: %(default)s)")
     p.add_argument("--layer", type=int, default=None, help="layer of the one-head and one-layer plots "
                                                              "(0-based; default: the last)")
-    p.add_argument("--head", type=int, default=0, help="head of the one-head plot (0-based; default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | mps | auto (default: %(default)s)")
+    p.add_argument("--head", type=int, default=None, help="head of the one-head plot (0-based; default: 0)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: %(default)s)")
     return p.parse_args(argv)
 
 
 def check_index(name: str, value: int, count: int, what: str) -> None:
     if not 0 <= value < count:
         raise ValueError(f"--{name} {value} is not allowed; this model has {count} {what}: 0..{count - 1}")
+
+
+def layer_and_head(args, cfg) -> tuple[int, int]:
+    """The --layer and --head to draw, checked against the model (differential attention has num_heads / 2)."""
+    layers = cfg.model.num_blocks
+    differential = cfg.model.attention == "differential"
+    heads = cfg.model.num_heads // 2 if differential else cfg.model.num_heads
+    layer = layers - 1 if args.layer is None else args.layer
+    head = 0 if args.head is None else args.head
+    check_index("layer", layer, layers, "layers")
+    check_index("head", head, heads, "heads" + (" (differential: num_heads / 2)" if differential else ""))
+    return layer, head
 
 
 def attention(args) -> list[Path]:
@@ -68,26 +81,25 @@ def attention(args) -> list[Path]:
     if text is None:
         raise ValueError("give the text to attend over with --text" if lm_task else
                          f"give the source with --input (task {cfg.data.task!r})")
+    layer, head = layer_and_head(args, cfg)
     rec = record(model, vocab, cfg, text, device)
-    layers, heads = next(iter(rec.maps.values())).shape[:2]
-    layer = layers - 1 if args.layer is None else args.layer
-    check_index("layer", layer, layers, "layers")
-    check_index("head", args.head, heads, "heads" + (" (differential: num_heads / 2)"
-                                                      if cfg.model.attention == "differential" else ""))
     out = Path(args.out)
     written = []
     for kind in rec.maps:
-        for path, draw in ((out / f"{kind}_layer{layer}_head{args.head}.png",
-                            lambda p: plots.plot_head(rec, kind, layer, args.head, p)),
+        for path, draw in ((out / f"{kind}_layer{layer}_head{head}.png",
+                            lambda p: plots.plot_head(rec, kind, layer, head, p)),
                            (out / f"{kind}_layer{layer}.png", lambda p: plots.plot_layer(rec, kind, layer, p)),
                            (out / f"{kind}_overview.png", lambda p: plots.plot_overview(rec, kind, p))):
             draw(path)
             written.append(path)
     data = rec.to_json()
-    write_text_atomic(out / "attention.json", json.dumps(data) + "\n")
+    write_text_atomic(out / "attention.json", json.dumps(data, allow_nan=False) + "\n")
     write_explorer(data, out / "attention.html")
     if rec.output is not None:
         print(f"input {text!r} -> output {rec.output!r}")
+        if not rec.ended:
+            print(f"note: no end-of-sequence token within {len(rec.tokens['target'])} output tokens; the last "
+                  f"one is no decoder input, so it has no row", file=sys.stderr)
     return written + [out / "attention.json", out / "attention.html"]
 
 
@@ -100,15 +112,20 @@ def loss_curves(args) -> list[Path]:
 def main(argv) -> int:
     args = parse_args(argv)
     try:
-        if args.runs and (args.text is not None or args.input is not None):
-            raise ValueError("--text and --input go with --checkpoint, not with --runs")
+        if args.runs:
+            given = [f"--{name}" for name in ("text", "input", "layer", "head") if getattr(args, name) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} {'goes' if len(given) == 1 else 'go'} with --checkpoint, "
+                                 f"not with --runs")
         written = loss_curves(args) if args.runs else attention(args)
     except (ValueError, CheckpointError, ConfigError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot write {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: cannot write into {args.out!r}: {e.strerror or e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     for path in written:
         print(path)
     return 0

@@ -6,8 +6,10 @@ lm.nn.models.AttentionMaps) and returns an AttentionRecord:
     language model   the text's characters, and decoder_self (causal) maps over them
     seq2seq task     the source, the greedy output, and the teacher-forced pass over BOS + output:
                      encoder_self (source x source), decoder_self (decoder input x decoder input)
-                     and cross (decoder input x source). Decoder input i is the query that predicts
-                     output token i + 1, so a copy model's cross-attention is a diagonal.
+                     and cross (decoder input x source). Counting from 0, decoder input i (input 0
+                     is BOS) is the query that predicts output token i, so a copy model's
+                     cross-attention is a diagonal. Without EOS (decoding stopped at its limit)
+                     the last output token is nobody's input and has no row.
 
 ``AttentionRecord.to_json()`` is the content of attention.json (and of the explorer page):
 
@@ -39,6 +41,7 @@ class AttentionRecord:
     maps: dict[str, np.ndarray]  # attention kind -> (layers, heads, T_q, T_k) float32
     config: dict  # {"task": ..., the model's settings}
     output: str | None = None  # seq2seq: the decoded output, as the task writes it
+    ended: bool = True  # seq2seq: whether decoding ended with EOS (False: it stopped at its length limit)
 
     def axes(self, kind: str) -> tuple[list[str], list[str]]:
         """(query tokens, key tokens) of an attention kind."""
@@ -63,8 +66,14 @@ class AttentionRecord:
 
 
 def _stack(maps) -> dict[str, np.ndarray]:
-    """AttentionMaps of a batch of one -> kind -> (layers, heads, T_q, T_k) array."""
-    return {kind: torch.stack([w[0] for w in layers]).float().cpu().numpy() for kind, layers in maps.kinds().items()}
+    """AttentionMaps of a batch of one -> kind -> (layers, heads, T_q, T_k) array; ValueError if any
+    weight is not finite (the checkpoint's weights are then broken: nothing could be drawn from them)."""
+    out = {kind: torch.stack([w[0] for w in layers]).float().cpu().numpy() for kind, layers in maps.kinds().items()}
+    bad = [kind for kind, m in out.items() if not np.isfinite(m).all()]
+    if bad:
+        raise ValueError(f"the model's attention weights are not finite (NaN or infinite) in {', '.join(bad)}: "
+                         f"the checkpoint's weights are broken")
+    return out
 
 
 def _settings(cfg) -> dict:
@@ -98,14 +107,16 @@ def record_input(model, task, cfg, text: str, device) -> AttentionRecord:
     source = prepare_source(task, cfg, text, device)
     out = greedy_decode(model, source.src, source.mask, source.max_len, BOS, EOS, PAD,
                         src_pos=source.src_pos, tgt_pos=source.tgt_pos)[0].tolist()
-    if EOS in out:
-        out = out[: out.index(EOS) + 1]
-    tgt_in = [BOS] + [t for t in out if t != EOS][: source.max_len - 1]  # the decoder inputs that produced out
+    ended = EOS in out
+    if ended:
+        out = out[: out.index(EOS)]
+    tgt_in = ([BOS] + out)[: source.max_len]  # the decoder inputs that produced out (and its EOS)
     tgt = torch.tensor(tgt_in, dtype=torch.long, device=device)[None]  # (1, T)
     tgt_pos = None if source.tgt_pos is None else source.tgt_pos[:, : tgt.size(1)]
     _, _, maps = model(source.src, tgt, source.mask, src_pos=source.src_pos, tgt_pos=tgt_pos, return_weights=True)
     tokens = {"source": task.token_texts(source.ids), "target": task.token_texts(tgt_in)}
-    return AttentionRecord("seq2seq", tokens, _stack(maps), _settings(cfg), output=task.render(task.from_ids(out)))
+    return AttentionRecord("seq2seq", tokens, _stack(maps), _settings(cfg), output=task.render(task.from_ids(out)),
+                           ended=ended)
 
 
 def record(model, vocab, cfg, text: str, device) -> AttentionRecord:

@@ -21,7 +21,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"device: {name!r} was asked for but CUDA is not available here; use device: auto or cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("device: 'mps' was asked for but MPS is not available here; use device: auto or cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {name!r} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                          f"device(s): cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -31,14 +31,22 @@ VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}  # whitespace draw
 MAX_LABELS = 48  # a longer axis labels every n-th token only
 
 
+def plain(text: str) -> str:
+    """Text matplotlib shows as it is: '$' would start mathtext, a leading '_' hides a legend entry."""
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def token_label(token: str) -> str:
-    return "".join(VISIBLE.get(ch, ch) for ch in token)
+    return plain("".join(VISIBLE.get(ch, ch) for ch in token))
 
 
-def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
+def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Figure:
+    """Write fig as a PNG atomically; returns it (tests read what was drawn)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     write_atomic(path, lambda f: f.write(buf.getvalue()))
+    return fig
 
 
 # ----------------------------------------------------------------------------- attention
@@ -88,7 +96,7 @@ def _title(record, kind: str) -> str:
     return f"{c['task']}: {kind.replace('_', ' ')} attention ({c['attention']}, {c['pos_encoding']})"
 
 
-def plot_head(record, kind: str, layer: int, head: int, path: str | Path) -> None:
+def plot_head(record, kind: str, layer: int, head: int, path: str | Path) -> Figure:
     """One head: a T_q x T_k heatmap with its colour bar."""
     weights = record.maps[kind][layer, head]  # (T_q, T_k)
     queries, keys = record.axes(kind)
@@ -102,10 +110,10 @@ def plot_head(record, kind: str, layer: int, head: int, path: str | Path) -> Non
     ax.set_ylabel(ylabel)
     ax.set_title(f"{_title(record, kind)}\nlayer {layer}, head {head}", fontsize=10)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def _grid(record, kind: str, cells: list[tuple[int, int]], ncols: int, labels: bool, path, title: str) -> None:
+def _grid(record, kind: str, cells: list[tuple[int, int]], ncols: int, labels: bool, path, title: str) -> Figure:
     queries, keys = record.axes(kind)
     cmap, norm = _colours(record)
     nrows = math.ceil(len(cells) / ncols)
@@ -121,27 +129,29 @@ def _grid(record, kind: str, cells: list[tuple[int, int]], ncols: int, labels: b
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.colorbar(image, ax=axes, shrink=0.6)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_layer(record, kind: str, layer: int, path: str | Path) -> None:
+def plot_layer(record, kind: str, layer: int, path: str | Path) -> Figure:
     """Every head of one layer, four to a row."""
     heads = record.maps[kind].shape[1]
-    _grid(record, kind, [(layer, h) for h in range(heads)], min(4, heads), True, path,
+    return _grid(record, kind, [(layer, h) for h in range(heads)], min(4, heads), True, path,
           f"{_title(record, kind)}: layer {layer}, all heads")
 
 
-def plot_overview(record, kind: str, path: str | Path) -> None:
+def plot_overview(record, kind: str, path: str | Path) -> Figure:
     """Every layer (a row each) and head (a column each), small and unlabelled."""
     layers, heads = record.maps[kind].shape[:2]
-    _grid(record, kind, [(l, h) for l in range(layers) for h in range(heads)], heads, False, path,
+    return _grid(record, kind, [(l, h) for l in range(layers) for h in range(heads)], heads, False, path,
           f"{_title(record, kind)}: every layer and head")
 
 
 # ----------------------------------------------------------------------------- loss curves
 
 def _series(records: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-    points = [(r[x], r[y]) for r in records if x in r and r.get(y) is not None and not r.get("final")]
+    """(x, y) of the records that have both. The final record has val_loss (and train_loss) only when
+    the last step was not on the eval_interval: its evaluation then belongs on the curve."""
+    points = [(r[x], r[y]) for r in records if r.get(x) is not None and r.get(y) is not None]
     return [p[0] for p in points], [p[1] for p in points]
 
 
@@ -149,7 +159,7 @@ def _exact_keys(records: list[dict]) -> list[str]:
     return [k for k in ("val_exact", "long_exact") if any(k in r for r in records)]
 
 
-def plot_run(records: list[dict], path: str | Path, title: str = "") -> None:
+def plot_run(records: list[dict], path: str | Path, title: str = "") -> Figure:
     """loss.png: train and validation loss against step and against training time; exact match too
     (seq2seq tasks); the final evaluation (whole validation split) as a marker at the last step."""
     exact = _exact_keys(records)
@@ -176,11 +186,11 @@ def plot_run(records: list[dict], path: str | Path, title: str = "") -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    fig.suptitle(plain(title), fontsize=10)
+    return _save(fig, path)
 
 
-def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path) -> None:
+def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path) -> Figure:
     """Several runs (label, records) overlaid: validation loss (solid) and train loss (faint) against
     step and against training time."""
     fig = Figure(figsize=(13, 4.8))
@@ -189,10 +199,10 @@ def plot_runs(runs: list[tuple[str, list[dict]]], path: str | Path) -> None:
     for (label, records), colour in zip(runs, colours):
         for ax, x in zip(axes, ("step", "elapsed_s")):
             ax.plot(*_series(records, x, "train_loss"), color=colour, alpha=0.3, linewidth=1)
-            ax.plot(*_series(records, x, "val_loss"), "o-", color=colour, markersize=3, label=label)
+            ax.plot(*_series(records, x, "val_loss"), "o-", color=colour, markersize=3, label=plain(label))
     for ax, xlabel in zip(axes, ("step", "training time (s)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("loss (solid: validation, faint: train)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right")
-    _save(fig, path)
+    return _save(fig, path)

@@ -9,23 +9,26 @@ from .checkpoint import CheckpointError
 from .rundir import read_metrics
 
 MAX_SETTINGS = 4  # a label names at most this many differing settings
+# settings that change how a run is carried out, not what it learns: never a label
+NOT_LABELS = {"out_dir", "device", "dtype", "num_workers", "vocab_size", "log_interval", "eval_interval", "eval_iters"}
 
 
 class RunError(ValueError):
-    """A run directory that cannot be compared (no metrics, or no checkpoint to read its config from)."""
+    """A run directory that cannot be compared (no metrics yet)."""
 
 
-def run_config(run_dir: Path) -> dict:
-    """The run's config (as saved in its checkpoints), flattened to {setting: value}; keys are unique
-    across sections, so the section is dropped."""
-    problems = []
+def run_config(run_dir: Path) -> dict | None:
+    """The run's config (as saved in its checkpoints), flattened to {setting: value} with the model's
+    settings first (keys are unique across sections, so the section is dropped); None when no
+    checkpoint can be read yet (a run before its first evaluation)."""
     for name in ("last.pt", "best.pt"):
         try:
             saved = ckpt_io.load(run_dir / name)["config"]
-            return {key: value for section in saved.values() for key, value in section.items()}
-        except CheckpointError as e:
-            problems.append(str(e))
-    raise RunError(f"{str(run_dir)!r} has no readable checkpoint to read its settings from: {'; '.join(problems)}")
+        except CheckpointError:
+            continue
+        sections = [saved["model"]] + [s for key, s in saved.items() if key != "model"]
+        return {key: value for section in sections for key, value in section.items()}
+    return None
 
 
 def run_records(run_dir: Path) -> list[dict]:
@@ -40,11 +43,18 @@ def run_records(run_dir: Path) -> list[dict]:
     return records
 
 
-def labels(run_dirs: list[Path], configs: list[dict]) -> list[str]:
-    """'DIR: setting=value, ...' with the settings whose values differ between the runs (out_dir aside)."""
-    keys = [k for k in configs[0] if k != "out_dir" and len({repr(c.get(k)) for c in configs}) > 1]
+def labels(run_dirs: list[Path], configs: list[dict | None]) -> list[str]:
+    """'DIR: setting=value, ...' with the settings whose values differ between the runs, the model's
+    first (runtime settings such as device never count); a run without a readable config is labelled
+    by its directory alone."""
+    known = [c for c in configs if c is not None]
+    keys = [k for k in (known[0] if known else {})
+            if k not in NOT_LABELS and len({repr(c.get(k)) for c in known}) > 1]
     out = []
     for run_dir, config in zip(run_dirs, configs):
+        if config is None:
+            out.append(f"{run_dir} (no checkpoint yet: settings unknown)")
+            continue
         shown = [f"{k}={config.get(k)}" for k in keys[:MAX_SETTINGS]]
         more = f", +{len(keys) - MAX_SETTINGS} more" if len(keys) > MAX_SETTINGS else ""
         out.append(f"{run_dir}: {', '.join(shown)}{more}" if shown else str(run_dir))

@@ -156,15 +156,19 @@ class MetricsLog:
                 from None
         self.records.append(record)
 
-    def plot(self, title: str) -> None:
-        """Redraw loss.png beside metrics.jsonl from every record so far (lm.plots.plot_run)."""
-        from . import plots  # matplotlib loads only when a run first evaluates (a faster start)
-
+    def plot(self, title: str) -> str | None:
+        """Redraw loss.png beside metrics.jsonl from every record so far (lm.plots.plot_run). The picture
+        is only a view of metrics.jsonl: when it cannot be drawn or written, the run goes on and the
+        reason is returned (None when it was drawn)."""
         path = self.path.with_name("loss.png")
         try:
+            from . import plots  # matplotlib loads only when a run first evaluates (a faster start)
+
             plots.plot_run(self.records, path, title)
-        except OSError as e:
-            raise write_failure(path, e, "the checkpoints and metrics.jsonl are intact") from None
+        except Exception as e:  # noqa: BLE001 - any failure to draw leaves the run and its files as they are
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+            return f"{path} was not updated ({type(e).__name__}: {detail}); metrics.jsonl has every number"
+        return None
 
 
 @dataclass
@@ -443,7 +447,7 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
                 metrics.write(record)
                 if at_eval:
                     emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
-                    metrics.plot(run.title())
+                    _plot(metrics, run, emit)
                 emit({"event": "log", **record})
 
             # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
@@ -455,6 +459,13 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
 
         # --- end: checkpoint the last step (evaluated), then the final evaluation
         return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _plot(metrics: MetricsLog, run: Run, emit: Event) -> None:
+    """Redraw loss.png; a failure is reported as a warning event, never stops the run."""
+    problem = metrics.plot(run.title())
+    if problem:
+        emit({"event": "warning", "message": problem})
 
 
 def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Callable[[], bool]) -> dict:
@@ -479,6 +490,6 @@ def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Call
     record.update(final)
     record["elapsed_s"] = run.elapsed
     metrics.write(record)
-    metrics.plot(run.title())
+    _plot(metrics, run, emit)
     emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(run.out_dir)})
     return {**record, "best_val_loss": run.best_val, "total_steps": n_steps}

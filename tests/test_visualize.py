@@ -12,12 +12,14 @@ from PIL import Image
 
 from helpers import cli, tiny
 from lm import plots, trainer
+from lm import attention_maps
 from lm.attention_maps import AttentionRecord, record
 from lm.checkpoint import load_model
 from lm.config import ModelConfig
 from lm.config import load as load_config
 from lm.nn import GPT, AttentionMaps, Encoder, EncoderDecoder
 from lm.runs import RunError, load_runs
+from lm.tasks import BOS, EOS
 
 VARIANTS = [("learned", "standard", "pre"), ("rope", "differential", "post"), ("sinusoidal", "differential", "pre"),
             ("none", "standard", "post")]
@@ -135,17 +137,37 @@ def test_record_of_a_language_model(checkpoints):
         record(model, vocab, cfg, "", "cpu")
 
 
-def test_record_of_a_seq2seq_model_decodes_then_looks(checkpoints):
+@pytest.mark.parametrize("decoded,target,output,ended", [
+    ([8, 10, 5, EOS], ["<bos>", "5", "7", "2"], "5 7 2", True),  # output 5 7 2, then EOS: 4 queries
+    ([EOS], ["<bos>"], "", True),  # an empty output: BOS alone predicted EOS
+    ([8] * 24, ["<bos>"] + ["5"] * 23, " ".join(["5"] * 24), False),  # no EOS within block_size tokens
+])
+def test_record_of_a_seq2seq_model_decodes_then_looks(checkpoints, monkeypatch, decoded, target, output, ended):
+    """Rows are the decoder inputs that produced the decoded output: BOS, then every output token but the
+    last one (EOS, or the token at the length limit, which is nobody's input)."""
     model, task, cfg = load_model(checkpoints / "copy" / "best.pt")
+    monkeypatch.setattr(attention_maps, "greedy_decode", lambda *a, **k: torch.tensor([decoded]))
     rec = record(model, task, cfg, "5 7 9 2", "cpu")
-    assert rec.tokens["source"] == ["5", "7", "9", "2"]
-    target = rec.tokens["target"]
-    assert target[0] == "<bos>" and "<eos>" not in target
-    assert rec.output == " ".join(target[1:])  # the decoder inputs after BOS are the decoded output
+    assert rec.tokens == {"source": ["5", "7", "9", "2"], "target": target}
+    assert rec.output == output and rec.ended is ended
     L, H, S, T = 2, 4, 4, len(target)
     assert {k: m.shape for k, m in rec.maps.items()} == {"encoder_self": (L, H, S, S), "decoder_self": (L, H, T, T),
                                                          "cross": (L, H, T, S)}
     assert rec.axes("cross") == (target, rec.tokens["source"])
+    # the maps are those of the teacher-forced pass over exactly these decoder inputs
+    tgt = torch.tensor([[BOS] + task.to_ids([int(t) for t in target[1:]])])  # (1, T)
+    src = torch.tensor([task.to_ids([5, 7, 9, 2])])
+    with torch.no_grad():
+        _, _, maps = model(src, tgt, torch.ones_like(src, dtype=torch.bool), return_weights=True)
+    np.testing.assert_allclose(rec.maps["cross"][1], maps.cross[1][0].numpy(), atol=1e-6)
+
+
+def test_a_model_with_broken_weights_is_refused(checkpoints):
+    model, vocab, cfg = load_model(checkpoints / "lm" / "best.pt")
+    with torch.no_grad():
+        model.blocks[0].self_attn.q_proj.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="not finite"):
+        record(model, vocab, cfg, "ROMEO", "cpu")
 
 
 def test_grid_tokens_show_the_row_separator_and_differential_maps_count_as_signed(checkpoints):
@@ -197,6 +219,8 @@ def test_visualize_a_seq2seq_model_defaults_to_the_last_layer(checkpoints, tmp_p
 
 @pytest.mark.parametrize("args,message", [
     (["--layer", "2"], "--layer 2 is not allowed; this model has 2 layers: 0..1"),
+    (["--layer", "-1"], "--layer -1 is not allowed; this model has 2 layers: 0..1"),
+    (["--device", "tpu9"], "device: 'tpu9' is not a device; use auto, cpu, cuda, cuda:N or mps"),
     (["--head", "4"], "--head 4 is not allowed; this model has 4 heads: 0..3"),
     (["--text", "abc"], "--text is for language-model checkpoints"),
     ([], "give the source with --input"),
@@ -227,6 +251,22 @@ def test_heatmaps_use_a_diverging_scale_centred_on_zero_for_signed_weights(tmp_p
     assert (tmp_path / "h.png").stat().st_size > 0
 
 
+def test_heatmaps_put_queries_on_rows_and_keys_on_columns(checkpoints, tmp_path):
+    model, task, cfg = load_model(checkpoints / "copy" / "best.pt")
+    rec = record(model, task, cfg, "5 7 9 2 1 0", "cpu")
+    queries, keys = rec.axes("cross")
+    fig = plots.plot_head(rec, "cross", 1, 3, tmp_path / "head.png")
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), rec.maps["cross"][1, 3])  # (T_q, T_k), not transposed
+    assert [t.get_text() for t in ax.get_yticklabels()] == queries
+    assert [t.get_text() for t in ax.get_xticklabels()] == keys
+    fig = plots.plot_overview(rec, "decoder_self", tmp_path / "overview.png")
+    drawn = [ax for ax in fig.axes if ax.images and ax.get_visible()]
+    assert len(drawn) == 2 * 4  # layers x heads
+    np.testing.assert_array_equal(drawn[5].images[0].get_array(), rec.maps["decoder_self"][1, 1])
+    assert plots.token_label(" \n$x_") == "␣↵\\$x_"
+
+
 # ----------------------------------------------------------------------------- loss.png and --runs
 
 def test_every_run_redraws_loss_png_at_each_evaluation_and_at_the_end(small_corpus, tmp_path):
@@ -249,16 +289,38 @@ def test_every_run_redraws_loss_png_at_each_evaluation_and_at_the_end(small_corp
         assert image.format == "PNG"
 
 
+def test_the_final_evaluation_of_a_last_step_off_the_interval_is_on_the_curve(tmp_path):
+    records = [{"step": 2, "train_loss": 2.0, "val_loss": 2.1, "elapsed_s": 0.2},
+               {"step": 3, "final": True, "train_loss": 1.9, "val_loss": 1.95, "final_val_loss": 1.9, "elapsed_s": 0.3}]
+    fig = plots.plot_run(records, tmp_path / "loss.png")
+    val = [line for line in fig.axes[0].get_lines() if line.get_label() == "validation"][0]
+    assert list(val.get_xdata()) == [2, 3] and list(val.get_ydata()) == [2.1, 1.95]
+
+
+def test_a_loss_png_that_cannot_be_drawn_never_stops_the_run(small_corpus, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas today")
+
+    monkeypatch.setattr(plots, "plot_run", broken)
+    cfg = load_config(None, [f"--data_path={small_corpus}", f"--out_dir={tmp_path / 'run'}", "--block_size=16",
+                             "--batch_size=4", "--num_blocks=1", "--num_heads=2", "--embedding_dim=16",
+                             "--eval_iters=1", "--max_iters=4", "--eval_interval=2", "--device=cpu"])
+    events = []
+    summary = trainer.train(cfg, on_event=events.append)
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 3  # evaluations at steps 2 and 4, and the end
+    assert all("loss.png was not updated (RuntimeError: no canvas today)" in w for w in warnings)
+    assert summary["step"] == 4 and (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "loss.png").exists()
+
+
 def test_seq2seq_loss_png_adds_exact_match(tmp_path):
     records = [{"step": 1, "train_loss": 2.0, "elapsed_s": 0.1},
                {"step": 2, "train_loss": 1.5, "elapsed_s": 0.2, "val_loss": 1.6, "val_exact": 0.2, "long_exact": 0.0},
                {"step": 2, "final": True, "final_val_loss": 1.55, "elapsed_s": 0.2}]
-    plots.plot_run(records, tmp_path / "seq2seq.png")
-    plots.plot_run([r for r in records if "val_exact" not in r] + [{"step": 2, "val_loss": 1.6, "elapsed_s": 0.2}],
-                   tmp_path / "lm.png")
-    with Image.open(tmp_path / "seq2seq.png") as a, Image.open(tmp_path / "lm.png") as b:
-        assert a.size[0] > b.size[0] * 1.3  # a third panel
-    assert plots._exact_keys(records) == ["val_exact", "long_exact"]
+    fig = plots.plot_run(records, tmp_path / "seq2seq.png")
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylabel() == "exact match"
+    assert [line.get_label() for line in fig.axes[2].get_lines()] == ["held-out", "held-out, longer"]
+    assert len(plots.plot_run(records[:1], tmp_path / "lm.png").axes) == 2
 
 
 def test_overwrite_removes_the_old_loss_png(small_corpus, tmp_path):
@@ -273,9 +335,17 @@ def test_overwrite_removes_the_old_loss_png(small_corpus, tmp_path):
 def test_runs_are_overlaid_and_labelled_by_the_settings_that_differ(checkpoints, tmp_path):
     runs = load_runs([checkpoints / "copy", checkpoints / "grid"])
     labels = [label for label, _ in runs]
-    assert labels[0].startswith(str(checkpoints / "copy") + ": task=copy")
-    assert "pos_encoding=learned_2d" in labels[1] or "+" in labels[1]
+    # the model's settings first; task settings after; cut at four
+    assert labels == [f"{checkpoints / 'copy'}: pos_encoding=learned, attention=standard, task=copy, "
+                      f"num_symbols=10, +3 more",
+                      f"{checkpoints / 'grid'}: pos_encoding=learned_2d, attention=differential, task=grid, "
+                      f"num_symbols=5, +3 more"]
     assert all(records for _, records in runs)
+    # a run before its first checkpoint is still drawn, labelled by its directory
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "metrics.jsonl").write_text('{"step": 1, "train_loss": 2.5, "elapsed_s": 0.1}\n')
+    assert load_runs([early, checkpoints / "copy"])[0][0] == f"{early} (no checkpoint yet: settings unknown)"
     done = cli("visualize.py", "--runs", checkpoints / "copy", checkpoints / "lm", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
     with Image.open(tmp_path / "runs.png") as image:
@@ -287,6 +357,8 @@ def test_runs_refuses_a_directory_that_is_not_a_run(checkpoints, tmp_path):
         load_runs([checkpoints / "copy", tmp_path])
     done = cli("visualize.py", "--runs", tmp_path, "--out", tmp_path)
     assert done.returncode == 2 and "not a run directory" in done.stderr
+    done = cli("visualize.py", "--runs", checkpoints / "copy", "--layer", "0", "--out", tmp_path)
+    assert done.returncode == 2 and "--layer goes with --checkpoint, not with --runs" in done.stderr
 
 
 # ----------------------------------------------------------------------------- the explorer, in a real browser
@@ -306,7 +378,8 @@ def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoint
         def drawn():
             return page.evaluate("document.getElementById('heatmap').toDataURL()")
 
-        blank = page.evaluate("""() => { const c = document.getElementById('heatmap'), b = document.createElement('canvas');
+        blank = page.evaluate("""() => { const c = document.getElementById('heatmap');
+                                         const b = document.createElement('canvas');
                                          b.width = c.width; b.height = c.height; return b.toDataURL(); }""")
         assert page.input_value("#kind") == "encoder_self"
         first = drawn()

@@ -5,5 +5,5 @@ from .block import Block, FeedForward, LayerCache
 from .models import GPT, AttentionMaps, Encoder, EncoderDecoder
 from .position import make_positional
 
-__all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "AttentionMaps", "GPT", "Encoder",
-           "EncoderDecoder", "make_positional"]
+__all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "AttentionMaps",
+           "GPT", "Encoder", "EncoderDecoder", "make_positional"]

@@ -19,7 +19,7 @@ from .position import make_positional
 class AttentionMaps:
     """The attention weights of one forward pass, one convention for every model: each kind of
     attention is a list with one (B, heads, T_q, T_k) tensor per layer (block), or None when the
-    model has no attention of that kind (or weights were not asked for).
+    model has no attention of that kind. (A model not asked for weights returns None instead.)
 
         encoder_self  queries and keys: source positions, bidirectional   (Encoder, EncoderDecoder)
         decoder_self  queries and keys: target positions, causal           (GPT, EncoderDecoder)
