@@ -92,7 +92,7 @@ def attention(args) -> list[Path]:
                            (out / f"{kind}_overview.png", lambda p: plots.plot_overview(rec, kind, p))):
             draw(path)
             written.append(path)
-    data = rec.to_json()
+    data = {**rec.to_json(), "view": {"layer": layer, "head": head}}  # the page opens on the PNGs' head
     write_text_atomic(out / "attention.json", json.dumps(data, allow_nan=False) + "\n")
     write_explorer(data, out / "attention.html")
     if rec.output is not None:

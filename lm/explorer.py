@@ -19,6 +19,7 @@ data:
                 (target x source); an lm has decoder_self only
     config      plain JSON: the model's settings, shown as the page's summary line and table
     output      optional: the seq2seq model's decoded output, shown under the summary
+    view        optional: {"layer": L, "head": H}, the map the page opens on (default 0, 0)
 """
 
 from __future__ import annotations

@@ -369,9 +369,11 @@ def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoint
     from browser import launch, open_page
 
     out = tmp_path / "viz"
-    done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", "--input", "5 7 9 2", "--out", out)
+    done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", "--input", "5 7 9 2", "--out", out,
+               "--layer", "0", "--head", "2")
     assert done.returncode == 0, done.stderr
     data = json.loads((out / "attention.json").read_text())
+    assert data["view"] == {"layer": 0, "head": 2}
     with launch() as browser, open_page(out / "attention.html", browser) as opened:
         page = opened.page
 
@@ -382,6 +384,7 @@ def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoint
                                          const b = document.createElement('canvas');
                                          b.width = c.width; b.height = c.height; return b.toDataURL(); }""")
         assert page.input_value("#kind") == "encoder_self"
+        assert (page.input_value("#layer"), page.input_value("#head")) == ("0", "2")  # opens where the PNGs are
         first = drawn()
         assert first != blank
         page.select_option("#kind", "cross")
@@ -391,6 +394,6 @@ def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoint
         assert cross != first
         page.select_option("#head", "1")
         assert drawn() != cross
-        page.select_option("#head", "0")
+        page.select_option("#head", "2")
         assert drawn() == cross
         opened.assert_clean()
