@@ -139,8 +139,8 @@ def transduce(args, model, task, cfg, device) -> int:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
         raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
-    warn_if_untrained_length(task, task.parse(args.input), cfg)
     source = prepare_source(task, cfg, args.input, device)
+    warn_if_untrained_length(task, source.symbols, cfg)
     decode = dict(use_cache=not args.no_cache, src_pos=source.src_pos, tgt_pos=source.tgt_pos)
     n = source.max_len
     if args.beam == 1:

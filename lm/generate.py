@@ -90,6 +90,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
 class Source:
     """One source sequence, ready to decode as evaluation does (sample.py, visualize.py)."""
 
+    symbols: list[int]  # the source as the task parsed it (symbols, before the special tokens' offset)
     ids: list[int]  # the source's token ids
     src: torch.Tensor  # (1, S) the same, as a batch of one
     mask: torch.Tensor  # (1, S) True at every (real) token
@@ -101,7 +102,8 @@ class Source:
 def prepare_source(task, cfg, text: str, device) -> Source:
     """Parse a source written as the task writes it ("5 7 9 2", "123+45", "012/340/567") for the model
     of config cfg; ValueError when it cannot be parsed or does not fit the model's block_size."""
-    src_ids = task.to_ids(task.parse(text))
+    symbols = task.parse(text)
+    src_ids = task.to_ids(symbols)
     block_size = cfg.model.block_size
     if len(src_ids) > block_size:
         raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {block_size} (block_size)")
@@ -114,7 +116,7 @@ def prepare_source(task, cfg, text: str, device) -> Source:
         raise ValueError(f"the output of this input needs {tgt_pos.size(1)} positions; this model has "
                          f"{block_size} (block_size)")
     max_len = block_size if tgt_pos is None else tgt_pos.size(1)
-    return Source(src_ids, src, torch.ones_like(src, dtype=torch.bool), src_pos, tgt_pos, max_len)
+    return Source(symbols, src_ids, src, torch.ones_like(src, dtype=torch.bool), src_pos, tgt_pos, max_len)
 
 
 def _decoder_step(model, ys, memory, src_mask, cache, tgt_pos=None):
