@@ -79,6 +79,17 @@ class ModelConfig:
     vocab_size: int = 0
     # encoder-decoder only: source and target share one embedding table
     share_embeddings: bool = True
+    # normalisation layers: layernorm | rmsnorm (no mean subtraction, no bias)
+    norm: str = "layernorm"
+    # normalise each head's queries and keys (RMSNorm over the head width) before their dot product
+    qk_norm: bool = False
+    # feed-forward activation: gelu | relu2 (ReLU squared)
+    activation: str = "gelu"
+    # output head tied to the (target) token embedding; false = a separate matrix
+    tie_head: bool = True
+    # start the projections that write into the residual stream (attention output, feed-forward
+    # output) at zero, and an untied head too; false = GPT-2's scaled normal initialisation
+    zero_init: bool = False
 
 
 @dataclass
@@ -96,8 +107,15 @@ class TrainConfig:
     max_iters: Optional[int] = 1200
     # peak learning rate (AdamW)
     lr: float = 2e-3
+    # adamw | muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, norms and biases)
+    optimizer: str = "adamw"
+    # peak learning rate of Muon's matrices (optimizer: muon), following the same schedule as lr
+    muon_lr: float = 0.02
     # cosine (linear warm-up, cosine decay to min_lr) | noam (linear warm-up, then lr * sqrt(warmup / step))
+    # | wsd (linear warm-up, constant lr, then linear decay to min_lr over the last decay_fraction of steps)
     lr_schedule: str = "cosine"
+    # lr_schedule wsd: the share of the run's steps spent decaying to min_lr
+    decay_fraction: float = 0.2
     # label smoothing of the training loss (0 = none); evaluation losses are never smoothed
     label_smoothing: float = 0.0
     # learning rate at the end of the cosine decay
@@ -124,7 +142,8 @@ class TrainConfig:
     seed: int = 1337
     # auto | cpu | cuda | cuda:N | mps  (auto: cuda, then mps, then cpu)
     device: str = "auto"
-    # auto | float32 | bfloat16 | float16 (auto: bfloat16 autocast on GPUs that support it, else float32)
+    # auto | float32 | bfloat16 | float16 (auto: bfloat16 autocast on GPUs that support it and on CPUs
+    # that compute bf16 natively (AVX512-BF16 or AMX), else float32; the start line says which and why)
     dtype: str = "auto"
 
 
@@ -154,7 +173,10 @@ ATTENTIONS = ("standard", "differential")
 NORM_PLACEMENTS = ("pre", "post")
 TASKS = ("lm", "copy", "reverse", "sort", "add", "grid")
 GRID_OPS = ("rotate", "transpose", "flip", "gravity")
-LR_SCHEDULES = ("cosine", "noam")
+LR_SCHEDULES = ("cosine", "noam", "wsd")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "relu2")
+OPTIMIZERS = ("adamw", "muon")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_MAX = 2**63 - 1
@@ -409,6 +431,8 @@ def validate(cfg: Config) -> None:
     need(m.norm_placement in NORM_PLACEMENTS, "norm_placement", m.norm_placement,
          f"choose one of: {', '.join(NORM_PLACEMENTS)}")
     need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
+    need(m.norm in NORMS, "norm", m.norm, f"choose one of: {', '.join(NORMS)}")
+    need(m.activation in ACTIVATIONS, "activation", m.activation, f"choose one of: {', '.join(ACTIVATIONS)}")
     need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")
     for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
         need(getattr(t, key) > 0, key, getattr(t, key), "it must be a positive integer")
@@ -420,6 +444,9 @@ def validate(cfg: Config) -> None:
          "it must be > 0 (or null for the run's last step)")
     need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
     need(t.lr_schedule in LR_SCHEDULES, "lr_schedule", t.lr_schedule, f"choose one of: {', '.join(LR_SCHEDULES)}")
+    need(0 < t.decay_fraction <= 1, "decay_fraction", t.decay_fraction, "it must be in (0, 1]")
+    need(t.optimizer in OPTIMIZERS, "optimizer", t.optimizer, f"choose one of: {', '.join(OPTIMIZERS)}")
+    need(t.muon_lr > 0, "muon_lr", t.muon_lr, "it must be > 0")
     need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
          "lr_schedule noam needs warmup_iters > 0")
     need(t.lr_schedule != "noam" or t.lr_decay_iters is None, "lr_decay_iters", t.lr_decay_iters,

@@ -31,18 +31,47 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Compute dtype for autocast. 'auto' = bfloat16 on a GPU that supports it, else float32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16 and AMX; Arm's BF16 extension
 
-    On CPUs bfloat16 autocast is usually slower than float32, so auto keeps float32 there.
-    """
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's features that compute bfloat16 natively, from /proc/cpuinfo (empty where unknown).
+    Without them PyTorch emulates bf16 matmuls, several times slower than float32."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def choose_dtype(name: str, device: torch.device, cpuinfo: str | None = None) -> tuple[torch.dtype, str]:
+    """The compute dtype for autocast, and why. 'auto' = bfloat16 on a GPU that supports it and on a CPU
+    with native bf16 (cpu_bf16_flags), else float32."""
     if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if device.type == "cuda":
+            if torch.cuda.is_bf16_supported():
+                return torch.bfloat16, "auto: this GPU supports bfloat16"
+            return torch.float32, "auto: this GPU has no bfloat16"
+        if device.type == "cpu":
+            flags = cpu_bf16_flags(cpuinfo)
+            if flags:
+                return torch.bfloat16, f"auto: this CPU computes bfloat16 natively ({', '.join(flags)})"
+            return torch.float32, "auto: this CPU has no native bfloat16 (no avx512_bf16, amx_bf16 or bf16 flag)"
+        return torch.float32, f"auto: float32 on {device.type}"
     if name == "float16" and device.type == "cpu":
         raise ConfigError("dtype: 'float16' is not supported on the CPU; use float32 or bfloat16")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name], "as configured"
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """Compute dtype for autocast (see choose_dtype)."""
+    return choose_dtype(name, device)[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

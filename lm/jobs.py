@@ -177,12 +177,13 @@ class Seq2SeqJob:
             index += 1
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
+        tokens = int(batch[1].sum() + (batch[3] != PAD).sum())  # counted on the host batch: no device sync
         src, src_mask, tgt_in, tgt_out, src_pos, tgt_pos = (_to(t, device) for t in batch)
         # label smoothing never puts probability on PAD or BOS: neither is ever a right output
         _, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
                            label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS),
                            src_pos=src_pos, tgt_pos=tgt_pos)
-        return loss, int(src_mask.sum() + (tgt_out != PAD).sum())
+        return loss, tokens
 
     @torch.no_grad()
     def score(self, model, pairs, device, dtype, chunk: int = 500) -> dict:

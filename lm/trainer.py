@@ -23,9 +23,10 @@ from . import checkpoint as ckpt_io
 from . import rundir
 from .checkpoint import ResumePoint
 from .config import Config, ConfigError
-from .device import autocast, resolve_device, resolve_dtype
+from .device import autocast, choose_dtype, resolve_device
 from .files import remove_stale_temporaries, write_text_atomic
 from .jobs import make_job, make_model
+from .optim import make_optimizer
 from .rundir import OutputError, RunLock, write_failure
 
 Event = Callable[[dict], None]
@@ -72,19 +73,9 @@ def explain_out_of_memory(cfg: Config, where: str):
 
 # ----------------------------------------------------------------------------- optimizer and schedule
 
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices (dim >= 2) only; biases and norms are not decayed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(cfg.train.beta1, cfg.train.beta2),
-                             fused=device.type == "cuda")
-
-
 def lr_at(step: int, cfg: Config, total_steps: int) -> float:
-    """Learning rate for a step (0-based), by lr_schedule.
+    """Learning rate for a step (0-based), by lr_schedule. (Muon's muon_lr follows the same curve,
+    scaled: see lm.optim.Optimizers.set_lr_scale.)
 
     cosine: linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at step D
     (D = lr_decay_iters, or the run's total_steps when that is null):
@@ -92,6 +83,9 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
         lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2   after, progress = (s - warmup) / (D - warmup)
     noam ("Attention Is All You Need", 5.3, scaled to peak at lr):
         lr(s) = lr * min((s + 1) / warmup, sqrt(warmup / (s + 1)))
+    wsd (warm-up, stable, decay): the same warm-up, then lr until the last decay_fraction of the D steps,
+    then a linear decay to min_lr at step D:
+        lr(s) = min_lr + (lr - min_lr) * min(1, (D - s) / (decay_fraction * D))
     """
     t = cfg.train
     if t.lr_schedule == "noam":
@@ -100,6 +94,9 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
     if step < t.warmup_iters:
         return t.lr * (step + 1) / t.warmup_iters
     decay_end = t.lr_decay_iters if t.lr_decay_iters is not None else total_steps
+    if t.lr_schedule == "wsd":
+        left = max(0.0, (decay_end - step) / max(1.0, t.decay_fraction * decay_end))
+        return t.min_lr + (t.lr - t.min_lr) * min(1.0, left)
     span = max(1, decay_end - t.warmup_iters)
     progress = min(1.0, (step - t.warmup_iters) / span)
     return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -207,12 +204,16 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, 
 # model settings that may change on resume: dropout is not part of the weights' shape, and the
 # vocabulary (vocab_size) is compared separately, against the data
 _RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
+# training settings whose state lives in the checkpoint in a form another value cannot read
+_FIXED_TRAIN_KEYS = ("train.optimizer",)
 
 
 def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
-    """Refuse a model whose shape differs from the checkpoint's; return the other settings that changed."""
+    """Refuse a model whose shape differs from the checkpoint's (or another optimizer); return the other
+    settings that changed."""
     changes = _changed(saved, cfg.to_dict())
-    shape = [(k, a, b) for k, a, b in changes if k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS]
+    shape = [(k, a, b) for k, a, b in changes
+             if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_TRAIN_KEYS]
     if shape:
         lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in shape)
         raise ConfigError(f"cannot resume: the model differs from the checkpoint's ({lines})")
@@ -260,7 +261,7 @@ class Run:
         t = cfg.train
         self.cfg, self.job, self.run_id, self.out_dir = cfg, job, run_id, out_dir
         self.device = resolve_device(t.device)
-        self.dtype = resolve_dtype(t.dtype, self.device)
+        self.dtype, self.dtype_reason = choose_dtype(t.dtype, self.device)
         with explain_out_of_memory(cfg, "while building the model and moving it to the device"):
             torch.manual_seed(t.seed)
             self.model = make_model(cfg).to(self.device)
@@ -326,41 +327,44 @@ class Run:
 
 def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
     """One optimizer step at learning rate lr: grad_accum micro-batches forward and backward (gradients
-    summed), then clip and update. Returns (mean loss, tokens seen).
+    summed), then clip and update. Returns (mean loss, tokens seen). The host waits for the device once
+    per step, for the loss and the gradients' norm together.
 
     Raises TrainingError, before the weights change, when the loss or the gradients' norm is not finite.
     """
     cfg, t = run.cfg, run.cfg.train
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
-    step_loss, tokens = 0.0, 0
+    run.optimizer.set_lr_scale(lr / t.lr)  # AdamW at lr, Muon at muon_lr x the same factor
+    total, tokens = None, 0
     with explain_out_of_memory(cfg, f"at training step {run.step + 1}"):
         # --- forward and backward over grad_accum micro-batches
         for _ in range(t.grad_accum):
             with autocast(run.device, run.dtype):
                 loss, n = run.job.loss(run.model, next(batches), run.device)
             run.scaler.scale(loss / t.grad_accum).backward()
-            step_loss += loss.item() / t.grad_accum
+            total = loss.detach() if total is None else total + loss.detach()
             tokens += n
-        if not math.isfinite(step_loss):
-            run.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"the training loss became {step_loss} at step {run.step + 1}; the weights were not "
-                                f"updated and no checkpoint was written from this step. Try a lower lr "
-                                f"(now {t.lr}), a smaller grad_clip, or dtype: float32.")
-        # --- gradient norm (clipped when grad_clip > 0), checked before any update
-        run.scaler.unscale_(run.optimizer)
+        # --- gradient norm (clipped when grad_clip > 0), checked with the loss before any update
+        for part in run.optimizer.parts.values():
+            run.scaler.unscale_(part)
         params = [p for p in run.model.parameters() if p.grad is not None]
         if t.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not math.isfinite(norm.item()) and not run.scaler.is_enabled():  # float16's scaler skips such steps
+        step_loss, grad_norm = torch.stack([total.float() / t.grad_accum, norm.float()]).tolist()  # the one sync
+        if not math.isfinite(step_loss):
             run.optimizer.zero_grad(set_to_none=True)
-            raise TrainingError(f"the gradients became non-finite (norm {norm.item()}) at step {run.step + 1} while the "
+            raise TrainingError(f"the training loss became {step_loss} at step {run.step + 1}; the weights were not "
+                                f"updated and no checkpoint was written from this step. Try a lower lr "
+                                f"(now {t.lr}), a smaller grad_clip, or dtype: float32.")
+        if not math.isfinite(grad_norm) and not run.scaler.is_enabled():  # float16's scaler skips such steps
+            run.optimizer.zero_grad(set_to_none=True)
+            raise TrainingError(f"the gradients became non-finite (norm {grad_norm}) at step {run.step + 1} while the "
                                 f"loss was finite ({step_loss:.4f}); the weights were not updated and no checkpoint "
                                 f"was written from this step. Try a lower lr (now {t.lr}) or dtype: float32.")
         # --- update
-        run.scaler.step(run.optimizer)
+        for part in run.optimizer.parts.values():
+            run.scaler.step(part)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
     return step_loss, tokens
@@ -418,7 +422,8 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
         rundir.start(out_dir, info, clear)
         n_steps = total_steps(cfg, job.steps_per_epoch())
         emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
-              "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""), "total_steps": n_steps,
+              "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
+              "dtype_reason": run.dtype_reason, "total_steps": n_steps,
               "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
         metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None)
 

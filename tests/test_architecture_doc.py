@@ -24,8 +24,9 @@ SETTING = re.compile(r"`(\w+): ([^`]+)`")
 # settings whose values are names from a fixed list: the guide must show each of them
 NAMED_VALUES = {"pos_encoding": config.POS_ENCODINGS, "attention": config.ATTENTIONS,
                 "norm_placement": config.NORM_PLACEMENTS, "lr_schedule": config.LR_SCHEDULES,
-                "task": config.TASKS, "grid_op": config.GRID_OPS, "dtype": config.DTYPES}
-MUST_DOCUMENT = ("pos_encoding", "attention", "norm_placement", "lr_schedule")
+                "task": config.TASKS, "grid_op": config.GRID_OPS, "dtype": config.DTYPES, "norm": config.NORMS,
+                "activation": config.ACTIVATIONS, "optimizer": config.OPTIMIZERS}
+MUST_DOCUMENT = ("pos_encoding", "attention", "norm_placement", "lr_schedule", "norm", "activation", "optimizer")
 
 MUST_CITE = {
     "lm/nn/attention.py": {"MultiHeadAttention", "build_mask", "KVCache.append"},
@@ -36,7 +37,8 @@ MUST_CITE = {
     "lm/nn/block.py": {"PreNorm", "PostNorm", "FeedForward", "Block.forward"},
     "lm/nn/models.py": {"Embedder.forward", "Encoder.forward", "EncoderDecoder", "EncoderDecoder.decode", "GPT",
                         "token_loss", "init_weights", "GPT.flops_per_token"},
-    "lm/trainer.py": {"lr_at", "make_optimizer", "train_step"},
+    "lm/trainer.py": {"lr_at", "train_step"},
+    "lm/optim.py": {"make_optimizer", "muon_parameters"},
     "lm/generate.py": {"greedy_decode", "beam_search", "length_penalty"},
 }
 MIN_CITATIONS = 30

@@ -19,23 +19,51 @@ class KVCache:
 
     Self-attention appends the new positions' keys and values at every call;
     cross-attention computes them from the encoder output once and reuses them.
+
+    The first append allocates buffers for ``capacity`` positions (the model's block_size), and later
+    ones write into them in place: no reallocation or copy of the past per token. k and v are views
+    of the filled part. A cache that outgrows its capacity doubles it.
     """
 
-    def __init__(self):
-        self.k: torch.Tensor | None = None  # (B, nh, T_past, hs)
-        self.v: torch.Tensor | None = None  # (B, nh, T_past, hs)
+    def __init__(self, capacity: int = 0):
+        self.capacity = capacity
+        self._k: torch.Tensor | None = None  # (B, nh, capacity, hs)
+        self._v: torch.Tensor | None = None  # (B, nh, capacity, hs); differential: (B, h, capacity, 2 hs)
+        self.length = 0
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self.length]  # (B, nh, T_past, hs)
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.length]
 
     def __len__(self) -> int:
-        return 0 if self.k is None else self.k.size(2)
+        return self.length
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows ``index`` (in that order): beam search follows its surviving beams."""
-        if self.k is not None:
-            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        if self._k is not None:
+            self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
+
+    def _grow(self, k: torch.Tensor, v: torch.Tensor, needed: int) -> None:
+        size = max(self.capacity, needed, 2 * (0 if self._k is None else self._k.size(2)))
+        new_k = k.new_empty(k.size(0), k.size(1), size, k.size(3))
+        new_v = v.new_empty(v.size(0), v.size(1), size, v.size(3))
+        if self.length:
+            new_k[:, :, : self.length] = self.k
+            new_v[:, :, : self.length] = self.v
+        self._k, self._v = new_k, new_v
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], dim=2)
-        self.v = v if self.v is None else torch.cat([self.v, v], dim=2)
+        """Write these T positions' k and v after the past ones; returns all of them (views)."""
+        end = self.length + k.size(2)
+        if self._k is None or end > self._k.size(2):
+            self._grow(k, v, end)
+        self._k[:, :, self.length : end] = k
+        self._v[:, :, self.length : end] = v
+        self.length = end
         return self.k, self.v
 
 
@@ -50,7 +78,7 @@ def build_mask(t_q: int, t_k: int, *, causal: bool, key_padding_mask: torch.Tens
     Returns None when nothing is masked.
     """
     mask = None
-    if causal:
+    if causal and t_q > 1:  # one query (the newest position, decoding with a cache) may see every key
         mask = torch.ones(t_q, t_k, dtype=torch.bool, device=device).tril(diagonal=t_k - t_q)  # (T_q, T_k)
     if attn_mask is not None:
         if attn_mask.dtype != torch.bool:
@@ -75,7 +103,7 @@ class MultiHeadAttention(nn.Module):
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = False):
+                 causal: bool = False, qk_norm: bool = False):
         super().__init__()
         if embedding_dim % num_heads:
             raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
@@ -87,6 +115,9 @@ class MultiHeadAttention(nn.Module):
         self.kv_proj = nn.Linear(embedding_dim, 2 * embedding_dim, bias=bias)
         self.out_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
+        # QK-norm: q <- RMSNorm(q), k <- RMSNorm(k) per head (width hs), bounding the attention logits
+        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
         self.use_sdpa = True
 
@@ -105,13 +136,13 @@ class MultiHeadAttention(nn.Module):
         before caching them, and appends them to the cache. Returns (q, k, v, mask, causal).
         """
         B, T, C = x.shape
-        q = self._heads(self.q_proj(x))  # (B, nh, T, hs)
+        q = self.q_norm(self._heads(self.q_proj(x)))  # (B, nh, T, hs)
         if context is not None and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
         else:
             source = x if context is None else context
             k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
-            k, v = self._heads(k), self._value_heads(v)  # (B, nh, S, hs), values as the variant groups them
+            k, v = self.k_norm(self._heads(k)), self._value_heads(v)  # (B, nh, S, hs), values as the variant groups them
             if rope is not None and context is None:
                 q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
             if cache is not None:

@@ -38,12 +38,12 @@ class DifferentialAttention(MultiHeadAttention):
     """
 
     def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = False, layer: int = 1):
+                 causal: bool = False, layer: int = 1, qk_norm: bool = False):
         if num_heads % 2:
             raise ValueError(f"attention 'differential' needs an even num_heads (two softmax maps per head), "
                              f"got num_heads {num_heads}")
         # the projections of standard attention; num_heads Q/K heads of width d, num_heads / 2 differential heads
-        super().__init__(embedding_dim, num_heads, dropout, bias, causal)
+        super().__init__(embedding_dim, num_heads, dropout, bias, causal, qk_norm)
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * (layer - 1))
         d = self.head_dim
         self.lambda_q1 = nn.Parameter(torch.randn(d) * 0.1)

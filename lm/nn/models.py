@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .block import Block, LayerCache
+from .block import Block, LayerCache, make_norm
 from .position import make_positional
 
 
@@ -38,14 +38,24 @@ class AttentionMaps:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
-def init_weights(model: nn.Module, num_blocks: int) -> None:
+RESIDUAL_PROJECTIONS = ("out_proj.weight", "ff.proj.weight")  # the layers that write into the residual stream
+
+
+def init_weights(model: nn.Module, num_blocks: int, zero_init: bool = False) -> None:
     """GPT-2 initialisation: N(0, 0.02) for weights, zero biases, and the projections that
-    write into the residual stream scaled by 1/sqrt(2 * num_blocks)."""
+    write into the residual stream scaled by 1/sqrt(2 * num_blocks).
+
+    zero_init: those projections, and an untied output head ("head.weight" not shared with the
+    embedding), start at exactly zero instead: every block starts as the identity and the first
+    logits are uniform (as in the modded-nanoGPT speedrun records)."""
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             nn.init.zeros_(p)
         elif p.dim() >= 2:
-            std = 0.02 / math.sqrt(2 * num_blocks) if name.endswith(("out_proj.weight", "ff.proj.weight")) else 0.02
+            if zero_init and name.endswith((*RESIDUAL_PROJECTIONS, "head.weight")):
+                nn.init.zeros_(p)
+                continue
+            std = 0.02 / math.sqrt(2 * num_blocks) if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
             nn.init.normal_(p, mean=0.0, std=std)
 
 
@@ -90,14 +100,23 @@ class Embedder(nn.Module):
 def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:
     return nn.ModuleList(Block(cfg.embedding_dim, cfg.num_heads, cfg.dropout, cfg.bias, causal=causal,
                                cross_attention=cross_attention, attention=cfg.attention,
-                               norm_placement=cfg.norm_placement, layer=layer)
+                               norm_placement=cfg.norm_placement, layer=layer, norm=cfg.norm, qk_norm=cfg.qk_norm,
+                               activation=cfg.activation)
                          for layer in range(1, cfg.num_blocks + 1))
 
 
 def _final_norm(cfg: ModelConfig) -> nn.Module:
-    """LayerNorm after the last block with pre-norm blocks; with post-norm the last block's output
+    """The norm after the last block with pre-norm blocks; with post-norm the last block's output
     is already normalised, so nothing."""
-    return nn.LayerNorm(cfg.embedding_dim, bias=cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
+    return make_norm(cfg.norm, cfg.embedding_dim, cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
+
+
+def _head(cfg: ModelConfig, embed: nn.Embedding) -> nn.Linear:
+    """The output head: tied to the token embedding (tie_head, logits = h E^T), or a matrix of its own."""
+    head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
+    if cfg.tie_head:
+        head.weight = embed.weight  # weight tying
+    return head
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
@@ -136,9 +155,9 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 
 class GPT(nn.Module):
     """Decoder-only language model:
 
-        h_0 = s E[tokens] + PE[positions];  h_l = Block_l(h_{l-1}) (causal);  logits = LN(h_L) E^T
-    with s = 1, or sqrt(C) for the sinusoidal encodings (see Embedder), and the output head tied
-    to the token embedding E.
+        h_0 = s E[tokens] + PE[positions];  h_l = Block_l(h_{l-1}) (causal);  logits = LN(h_L) W_head^T
+    with s = 1, or sqrt(C) for the sinusoidal encodings (see Embedder), and W_head = E (the head tied
+    to the token embedding) unless tie_head is false.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -147,13 +166,12 @@ class GPT(nn.Module):
         self.embed = Embedder(cfg)
         self.blocks = _stack(cfg, causal=True, cross_attention=False)
         self.ln_f = _final_norm(cfg)
-        self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
-        self.head.weight = self.embed.tok.weight  # weight tying
-        init_weights(self, cfg.num_blocks)
+        self.head = _head(cfg, self.embed.tok)
+        init_weights(self, cfg.num_blocks, cfg.zero_init)
 
     def new_cache(self) -> list[LayerCache]:
         """An empty key/value cache, one entry per block, for incremental decoding."""
-        return [LayerCache() for _ in self.blocks]
+        return [LayerCache(self.cfg.block_size) for _ in self.blocks]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
                 cache: list[LayerCache] | None = None, last_only: bool = False,
@@ -193,7 +211,8 @@ class GPT(nn.Module):
         6 C V is the output head (a C x V matmul per token), counted although its weights are the
         tied embedding's: the lookup E[tokens] costs nothing, the head's matmul does."""
         c = self.cfg
-        n = self.num_params() - sum(p.numel() for p in self.embed.parameters())
+        untied = 0 if c.tie_head else self.head.weight.numel()  # counted in 6 C V below
+        n = self.num_params() - sum(p.numel() for p in self.embed.parameters()) - untied
         return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim + 6 * c.embedding_dim * c.vocab_size
 
 
@@ -211,7 +230,7 @@ class Encoder(nn.Module):
         self.blocks = _stack(cfg, causal=False, cross_attention=False)
         self.ln_f = _final_norm(cfg)
         if embed is None:
-            init_weights(self, cfg.num_blocks)
+            init_weights(self, cfg.num_blocks, cfg.zero_init)
 
     def forward(self, src: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
                 attn_mask: torch.Tensor | None = None, return_weights: bool = False,
@@ -245,13 +264,12 @@ class EncoderDecoder(nn.Module):
         self.encoder = Encoder(cfg, src_embed)
         self.blocks = _stack(cfg, causal=True, cross_attention=True)
         self.ln_f = _final_norm(cfg)
-        self.head = nn.Linear(cfg.embedding_dim, cfg.vocab_size, bias=False)
-        self.head.weight = self.tgt_embed.tok.weight  # tied to the target embedding
-        init_weights(self, cfg.num_blocks)
+        self.head = _head(cfg, self.tgt_embed.tok)  # tied to the target embedding unless tie_head is false
+        init_weights(self, cfg.num_blocks, cfg.zero_init)
 
     def new_cache(self) -> list[LayerCache]:
         """Per decoder block: self-attention keys/values, and the source's cross-attention keys/values."""
-        return [LayerCache() for _ in self.blocks]
+        return [LayerCache(self.cfg.block_size) for _ in self.blocks]
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None,
                pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -309,6 +327,7 @@ class EncoderDecoder(nn.Module):
         source of block_size)."""
         c = self.cfg
         embeds = {id(p): p for m in (self.encoder.embed, self.tgt_embed) for p in m.parameters()}
-        n = self.num_params() - sum(p.numel() for p in embeds.values())
+        untied = 0 if c.tie_head else self.head.weight.numel()  # counted in 6 C V below
+        n = self.num_params() - sum(p.numel() for p in embeds.values()) - untied
         return (6 * n + 6 * 3 * c.num_blocks * c.block_size * c.embedding_dim
                 + 6 * c.embedding_dim * c.vocab_size)

@@ -1,0 +1,122 @@
+"""Training time (evaluation excluded) until the validation loss first reaches a target, for any configs.
+
+    python bench/time_to_loss.py configs/baseline_nanogpt_cpu.yaml config.yaml --target 1.88 [--repeats 2]
+                                 [--evals 60] [--eval_tokens 65536] [-- --lr=3e-3 ...overrides for all]
+
+Each config runs the real trainer (lm.trainer.train) in a process of its own, one at a time, alternating
+between the configs when --repeats > 1. The validation loss is estimated every eval_interval steps, chosen
+so that a run has about --evals evaluations, on about --eval_tokens tokens whatever the batch size (so
+every config's estimate is equally precise). The run stops at the first evaluation at or below the target;
+its elapsed_s there (training wall time, evaluations excluded) is the time to the target. Prints one line
+per run and a table with medians, the ratio against the first config, and each process's peak RSS, plus
+the machine (CPU model, flags, cores). Data: the configs' own data_path (Tiny Shakespeare in
+data/tinyshakespeare/input.txt for the shipped configs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}; flags: {' '.join(shown) or 'unknown'}; {os.cpu_count()} cores"
+
+
+def worker(config: str, target: float, evals: int, eval_tokens: int, overrides: list[str]) -> dict:
+    """One run in this process: stop at the first evaluation at or below target."""
+    import torch  # noqa: F401  (imported here: the parent process never computes)
+
+    from lm import trainer
+    from lm.config import load
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load(ROOT / config if not Path(config).is_absolute() else config, [f"--out_dir={out}", *overrides])
+        t, m = cfg.train, cfg.model
+        steps = t.max_iters
+        t.eval_interval = max(1, steps // evals)
+        t.eval_iters = max(1, math.ceil(eval_tokens / (t.batch_size * m.block_size)))
+        t.log_interval = t.eval_interval
+        reached, reached_start = {}, {}
+
+        def on_event(e):
+            if e["event"] == "eval" and "val_loss" in e and not reached and e["val_loss"] <= target:
+                reached.update(step=e["step"], elapsed_s=e["elapsed_s"], val_loss=e["val_loss"])
+            if e["event"] == "start":
+                reached_start.update(dtype=e["dtype"], params=e["params"])
+
+        try:
+            summary = trainer.train(cfg, on_event=on_event, should_stop=lambda: bool(reached))
+            last = {"final_val_loss": summary.get("final_val_loss"), "elapsed_s": summary.get("elapsed_s")}
+        except trainer.Interrupted:
+            last = {}
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"config": config, "reached": bool(reached), **reached, "ran_out": last, "peak_rss_mb": round(rss_mb),
+            "eval_interval": t.eval_interval, "eval_iters": t.eval_iters, **reached_start}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("configs", nargs="+")
+    p.add_argument("--target", type=float, required=True, help="validation loss to reach")
+    p.add_argument("--repeats", type=int, default=1, help="runs per config, alternating (medians reported)")
+    p.add_argument("--evals", type=int, default=60, help="about this many evaluations over a whole run")
+    p.add_argument("--eval_tokens", type=int, default=65536, help="validation tokens per evaluation")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args, overrides = p.parse_known_args()
+    overrides = [o for o in overrides if o != "--"]
+    if args.worker:
+        print(json.dumps(worker(args.configs[0], args.target, args.evals, args.eval_tokens, overrides)))
+        return
+    print(f"machine: {machine()}; torch threads default; target val loss {args.target}", flush=True)
+    results = {c: [] for c in args.configs}
+    for r in range(args.repeats):
+        for config in args.configs:
+            done = subprocess.run([sys.executable, __file__, config, "--worker", f"--target={args.target}",
+                                   f"--evals={args.evals}", f"--eval_tokens={args.eval_tokens}", *overrides],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if done.returncode:
+                raise SystemExit(f"{config} failed:\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            results[config].append(result)
+            print(f"run {r + 1} {json.dumps(result)}", flush=True)
+    print(f"\n| config | dtype | reached {args.target} at step | training time to {args.target} (s) | "
+          f"vs {args.configs[0]} | peak RSS (MB) |\n|---|---|---|---|---|---|")
+    first = None
+    for config, runs in results.items():
+        hit = [r for r in runs if r["reached"]]
+        if not hit:
+            print(f"| {config} | {runs[0].get('dtype')} | not reached in {len(runs)} run(s) | - | - | "
+                  f"{max(r['peak_rss_mb'] for r in runs)} |")
+            continue
+        seconds = statistics.median(r["elapsed_s"] for r in hit)
+        first = first or seconds
+        spread = f" ({min(r['elapsed_s'] for r in hit):.1f}-{max(r['elapsed_s'] for r in hit):.1f})" if len(hit) > 1 else ""
+        print(f"| {config} | {hit[0].get('dtype')} | {statistics.median(r['step'] for r in hit):.0f} | "
+              f"{seconds:.1f}{spread} | {seconds / first:.2f}x | {max(r['peak_rss_mb'] for r in runs)} |")
+
+
+if __name__ == "__main__":
+    main()
