@@ -104,13 +104,13 @@ class TrainConfig:
     epochs: Optional[float] = None
     # optimizer steps; with epochs also set, the run stops at whichever comes first. A file or
     # command line that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
-    max_iters: Optional[int] = 1200
+    max_iters: Optional[int] = 1000
     # peak learning rate (AdamW)
     lr: float = 2e-3
     # adamw | muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, norms and biases)
-    optimizer: str = "adamw"
+    optimizer: str = "muon"
     # peak learning rate of Muon's matrices (optimizer: muon), following the same schedule as lr
-    muon_lr: float = 0.02
+    muon_lr: float = 0.05
     # cosine (linear warm-up, cosine decay to min_lr) | noam (linear warm-up, then lr * sqrt(warmup / step))
     # | wsd (linear warm-up, constant lr, then linear decay to min_lr over the last decay_fraction of steps)
     lr_schedule: str = "cosine"
@@ -123,7 +123,7 @@ class TrainConfig:
     # step at which the cosine decay reaches min_lr (null = the run's last step)
     lr_decay_iters: Optional[int] = None
     # steps of linear warm-up to lr (step s, from 0, gets lr * (s + 1) / warmup_iters)
-    warmup_iters: int = 100
+    warmup_iters: int = 30
     # AdamW weight decay, applied to weight matrices only (not biases or norms)
     weight_decay: float = 0.1
     # AdamW beta1

@@ -26,22 +26,22 @@ def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 
 
 class Optimizers:
-    """Several torch optimizers stepped as one; each param group remembers its peak lr ("peak_lr")."""
+    """Several torch optimizers stepped as one, each with its peak learning rate (from the config: a
+    restored state never changes it, so a resumed run with a new lr uses the new one)."""
 
     def __init__(self, parts: dict[str, torch.optim.Optimizer]):
         self.parts = parts
-        for opt in parts.values():
-            for group in opt.param_groups:
-                group["peak_lr"] = group["lr"]
+        self.peak_lr = {name: opt.param_groups[0]["lr"] for name, opt in parts.items()}
 
     @property
     def param_groups(self) -> list[dict]:
         return [g for opt in self.parts.values() for g in opt.param_groups]
 
     def set_lr_scale(self, scale: float) -> None:
-        """Every group's lr = its peak lr x scale (the schedule's factor for this step)."""
-        for group in self.param_groups:
-            group["lr"] = group["peak_lr"] * scale
+        """Every group's lr = its optimizer's peak lr x scale (the schedule's factor for this step)."""
+        for name, opt in self.parts.items():
+            for group in opt.param_groups:
+                group["lr"] = self.peak_lr[name] * scale
 
     def step(self) -> None:
         for opt in self.parts.values():
@@ -63,8 +63,6 @@ class Optimizers:
             raise ValueError(f"the saved optimizer state is for {sorted(by_name)}, this run uses {sorted(self.parts)}")
         for name, opt in self.parts.items():
             opt.load_state_dict(by_name[name])
-            for group in opt.param_groups:
-                group.setdefault("peak_lr", group["lr"])
 
 
 def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> Optimizers:

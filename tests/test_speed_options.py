@@ -62,7 +62,8 @@ def test_every_setting_trains_resumes_and_round_trips(small_corpus, tmp_path, na
 
 def test_resuming_with_another_optimizer_is_refused(small_corpus, tmp_path):
     out = tmp_path / "run"
-    assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
+    assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2",
+                                  "--optimizer=adamw")).returncode == 0
     done = cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--resume", "--optimizer=muon"))
     assert done.returncode != 0
     assert "train.optimizer: checkpoint has 'adamw', config has 'muon'" in done.stderr, done.stderr
