@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -27,6 +26,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 WORKER = r"""
@@ -64,27 +66,6 @@ list(generate(model, prompt, 256, 1.0, generator=torch.Generator().manual_seed(0
 result["sample_tokens_per_s"] = 256 / (time.perf_counter() - t0)
 print(json.dumps(result))
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    except OSError:
-        pass
-    return "unknown"
 
 
 def worker(tree: Path, corpus: Path, steps: int) -> dict:
@@ -131,7 +112,7 @@ def main() -> None:
 
         corpus = Path(tempfile.mkdtemp()) / "offline.txt"
         corpus.write_text(_offline_text(), encoding="utf-8")
-    print(f"machine: {cpu_model()}; flags: {cpu_flags()}; {os.cpu_count()} cores; python {platform.python_version()}")
+    print(f"machine: {describe()}; python {platform.python_version()}")
     print(f"corpus: {corpus}; {args.rounds} rounds, alternating this tree and {args.against}")
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,19 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}; flags: {' '.join(shown) or 'unknown'}; {os.cpu_count()} cores"
+from bench.machine import describe  # noqa: E402
 
 
 def worker(config: str, target: float, evals: int, eval_tokens: int, overrides: list[str]) -> dict:
@@ -90,7 +76,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.configs[0], args.target, args.evals, args.eval_tokens, overrides)))
         return
-    print(f"machine: {machine()}; torch threads default; target val loss {args.target}", flush=True)
+    print(f"machine: {describe()}; torch threads default; target val loss {args.target}", flush=True)
     results = {c: [] for c in args.configs}
     for r in range(args.repeats):
         for config in args.configs:

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.time_to_loss import machine  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from lm.config import load  # noqa: E402
 from lm.trainer import Run, prepare_job, train_step  # noqa: E402
 
@@ -91,7 +91,7 @@ def main() -> None:
 
         corpus = Path(tempfile.mkdtemp()) / "offline.txt"
         corpus.write_text(_offline_text(), encoding="utf-8")
-    print(f"machine: {machine()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"machine: {describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     f32, bf16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(f"matmul peak (1024^3, best of 10): float32 {f32:.0f} GFLOP/s, bfloat16 {bf16:.0f} GFLOP/s "
           f"({bf16 / f32:.2f}x)\n", flush=True)

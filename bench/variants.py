@@ -13,31 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
 VARIANTS = ["pos_encoding=learned", "pos_encoding=sinusoidal", "pos_encoding=rope", "pos_encoding=none",
             "attention=standard", "attention=differential", "norm_placement=pre", "norm_placement=post"]
 BASELINE = {"pos_encoding": "learned", "attention": "standard", "norm_placement": "pre"}  # config.yaml's
-
-
-def cpu() -> str:
-    """CPU model and the instruction-set flags that decide float32 / bfloat16 matmul speed."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    wanted = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return f"{model}, {os.cpu_count()} logical CPUs, flags: {' '.join(f for f in wanted if f in flags) or 'none'}"
 
 
 def run(setting: str, args, out: Path) -> dict:
@@ -76,7 +62,7 @@ def main() -> int:
             baseline = r
         results.append(r)
     base_speed = baseline["tokens_per_sec"] if baseline else None
-    print(f"machine: {cpu()}; torch threads: default; {args.max_iters} steps each")
+    print(f"machine: {describe()}; torch threads: default; {args.max_iters} steps each")
     print("| setting | final val loss | tokens/s | vs config.yaml | training time |")
     print("|---|---|---|---|---|")
     for r in results:
