@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-OPTIMIZERS = ("adamw", "muon")
+from .config import OPTIMIZERS
 
 
 def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
