@@ -206,12 +206,26 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, 
 _RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
 # training settings whose state lives in the checkpoint in a form another value cannot read
 _FIXED_TRAIN_KEYS = ("train.optimizer",)
+# what a checkpoint written before a setting existed did, where that differs from today's default
+_BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
+
+
+def _complete(saved: dict) -> dict:
+    """A saved config with the settings added since it was written: the value the code then had (the
+    default, or _BEFORE_THE_SETTING)."""
+    full = {section: dict(values) for section, values in Config().to_dict().items()}
+    for (section, key), value in _BEFORE_THE_SETTING.items():
+        full[section][key] = value
+    for section, values in saved.items():
+        full.setdefault(section, {}).update(values)
+    return full
 
 
 def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
     """Refuse a model whose shape differs from the checkpoint's (or another optimizer); return the other
-    settings that changed."""
-    changes = _changed(saved, cfg.to_dict())
+    settings that changed. Settings added since the checkpoint was written count as what the code did
+    then (a checkpoint without optimizer was trained with AdamW)."""
+    changes = _changed(_complete(saved), cfg.to_dict())
     shape = [(k, a, b) for k, a, b in changes
              if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_TRAIN_KEYS]
     if shape:

@@ -212,3 +212,24 @@ def test_the_kv_cache_writes_in_place_without_reallocating():
     torch.testing.assert_close(values, torch.cat([v, *(s * 2 for s in steps)], dim=2), rtol=0, atol=0)
     cache.append(torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4))  # past capacity: grows, keeps the past
     assert len(cache) == 17 and torch.equal(cache.k[:, :, :16], keys)
+
+
+def test_a_checkpoint_from_before_these_settings_resumes_with_what_it_used(small_corpus, tmp_path):
+    """A checkpoint whose config has none of the new settings was trained with AdamW and the plain model:
+    resuming it with those settings works, and with Muon is refused by name."""
+    import torch as _torch
+
+    out = tmp_path / "run"
+    assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2",
+                                  "--optimizer=adamw")).returncode == 0
+    for name in ("last.pt", "best.pt"):
+        ckpt = _torch.load(out / name, weights_only=True)
+        for section, keys in (("model", ("norm", "qk_norm", "activation", "tie_head", "zero_init")),
+                              ("train", ("optimizer", "muon_lr", "decay_fraction"))):
+            for key in keys:
+                del ckpt["config"][section][key]
+        _torch.save(ckpt, out / name)
+    refused = cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--resume"))  # default: muon
+    assert refused.returncode != 0 and "train.optimizer: checkpoint has 'adamw', config has 'muon'" in refused.stderr
+    done = cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--resume", "--optimizer=adamw"))
+    assert done.returncode == 0, done.stderr
