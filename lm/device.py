@@ -69,10 +69,6 @@ def choose_dtype(name: str, device: torch.device, cpuinfo: str | None = None) ->
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name], "as configured"
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Compute dtype for autocast (see choose_dtype)."""
-    return choose_dtype(name, device)[0]
-
 
 def autocast(device: torch.device, dtype: torch.dtype):
     if dtype == torch.float32:

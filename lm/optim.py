@@ -33,10 +33,6 @@ class Optimizers:
         self.parts = parts
         self.peak_lr = {name: opt.param_groups[0]["lr"] for name, opt in parts.items()}
 
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for opt in self.parts.values() for g in opt.param_groups]
-
     def set_lr_scale(self, scale: float) -> None:
         """Every group's lr = its optimizer's peak lr x scale (the schedule's factor for this step)."""
         for name, opt in self.parts.items():

@@ -34,7 +34,7 @@ class ReLUSquared(nn.Module):
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu2": ReLUSquared}
-NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+NORMS = ("layernorm", "rmsnorm")
 
 
 def make_norm(name: str, embedding_dim: int, bias: bool = True) -> nn.Module:
