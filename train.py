@@ -190,7 +190,8 @@ class Console:
         elif kind == "start":
             t = e["config"]["train"]
             print(f"model: {e['params'] / 1e6:.2f}M parameters, ~{e['flops_per_token'] / 1e6:.1f} MFLOPs per "
-                  f"token (training); device {e['device']}, dtype {e['dtype']} ({e['dtype_reason']}); {e['total_steps']} steps of "
+                  f"token (training); device {e['device']}, dtype {e['dtype']} ({e['dtype_reason']}); "
+                  f"{'torch.compile (the first step compiles); ' if e['compiled'] else ''}{e['total_steps']} steps of "
                   f"batch {t['batch_size']} x {t['grad_accum']}; run {e['run_id']}", flush=True)
             if self.stream.isatty():
                 self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",

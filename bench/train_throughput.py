@@ -9,8 +9,10 @@ Sizes (blocks/heads/width, block_size, batch):
     shipped  the shipped config.yaml's shape and batch
     large    6/6/384,  block 256, batch 64
 Variants: plain (float32, AdamW, LayerNorm, GELU: the baseline's path) and one change each: bf16 (bfloat16
-autocast), muon (optimizer: muon), rmsnorm, relu2, qk_norm, zero_init (start with untied zero head), and
-best (the shipped config.yaml's own settings at this size). Every variant of a size is timed in every
+autocast; its attention core in float32, lm.nn.attention.sdpa), bf16_core (bf16 with the attention core in
+bfloat16 too), muon (optimizer: muon), rmsnorm, relu2, qk_norm, zero_init (start with untied zero head), compile
+(torch.compile; its compile time falls in the untimed warm-up step), bf16_compile (both), and best (the
+shipped config.yaml's own settings at this size). Every variant of a size is timed in every
 round, in turn, so machine noise hits all alike; the median seconds per step is reported with tokens/s,
 achieved GFLOP/s (model FLOPs per token x tokens / s, lm.nn.GPT.flops_per_token) and the ratio to plain.
 Data: Tiny Shakespeare from ../shared when present, else the offline corpus. Prints the machine (CPU model,
@@ -52,6 +54,9 @@ VARIANTS = {
     "relu2": ["--activation=relu2"],
     "qk_norm": ["--qk_norm=true"],
     "zero_init": ["--tie_head=false", "--zero_init=true"],
+    "bf16_core": ["--dtype=bfloat16"],  # and the attention core in bfloat16 too (see build)
+    "compile": ["--compile=true"],
+    "bf16_compile": ["--dtype=bfloat16", "--compile=true"],
 }
 
 
@@ -74,6 +79,10 @@ def build(size: str, variant: str, corpus: Path, out: Path):
     cfg = load(ROOT / "config.yaml", overrides)
     job = prepare_job(cfg, None, out, lambda e: None)
     run = Run(cfg, job, "bench", out)
+    if variant == "bf16_core":  # what bf16 autocast did before lm.nn.attention.sdpa kept the core in float32
+        for module in run.model.modules():
+            if hasattr(module, "float32_on_cpu"):
+                module.float32_on_cpu = False
     run.model.train()
     return run, job.batches(start=0)
 

@@ -145,6 +145,10 @@ class TrainConfig:
     # auto | float32 | bfloat16 | float16 (auto: bfloat16 autocast on GPUs that support it and on CPUs
     # that compute bf16 natively (AVX512-BF16 or AMX), else float32; the start line says which and why)
     dtype: str = "auto"
+    # torch.compile the model for training steps (evaluation and sampling stay eager). The first step
+    # includes the compile time; where compiling is unavailable or fails, a warning says why and the
+    # run trains eagerly. Checkpoints are the same either way.
+    compile: bool = False
 
 
 @dataclass

@@ -267,6 +267,26 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
 
 # ----------------------------------------------------------------------------- the state of a run
 
+def compile_model(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str | None]:
+    """torch.compile(model) (compiled lazily, on its first call), or None and why where torch cannot
+    compile on this Python or platform."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return None, "torch.compile is not supported on this Python or platform"
+        return torch.compile(model), None
+    except Exception as e:  # noqa: BLE001 - any reason it cannot compile is reported, and the run goes on eagerly
+        return None, f"torch.compile is unavailable ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+
+
+def is_compile_failure(e: BaseException) -> bool:
+    """An error raised by the compiler (TorchDynamo's tracing or a backend such as Inductor, e.g. no
+    working C++ compiler), as opposed to one from the computation itself, such as running out of memory."""
+    module = type(e).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor")) and not _is_oom(e)
+
+
 class Run:
     """What a training run holds between steps, and what its checkpoints save and restore:
     model, optimizer, gradient scaler, step, best validation loss, training time, metrics window."""
@@ -282,6 +302,30 @@ class Run:
             self.optimizer = make_optimizer(self.model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.best_val, self.elapsed, self.window = 0, float("inf"), 0.0, Window()
+        self.warnings: list[str] = []  # for the loop to report (emitted as "warning" events)
+        # compile: true -> the training forward goes through torch.compile(model); self.model stays the
+        # plain module, so its state dict (the checkpoints) never has _orig_mod. prefixes
+        self.compiled = None
+        if t.compile:
+            self.compiled, problem = compile_model(self.model)
+            if problem:
+                self.warnings.append(f"compile: true, but {problem}; training runs in eager mode")
+
+    def loss(self, batch) -> tuple[torch.Tensor, int]:
+        """The job's training loss on a batch, through the compiled model when there is one. If compiling
+        fails (here, on the first step, or on a recompile for a new shape), compile is turned off for the
+        rest of the run with a warning, and the batch is computed eagerly."""
+        if self.compiled is not None:
+            try:
+                return self.job.loss(self.compiled, batch, self.device)
+            except Exception as e:  # noqa: BLE001 - only compiler failures are caught, see is_compile_failure
+                if not is_compile_failure(e):
+                    raise
+                self.compiled = None
+                detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
+                self.warnings.append(f"compile: true, but torch.compile failed ({type(e).__name__}: {detail}); "
+                                     f"training goes on in eager mode")
+        return self.job.loss(self.model, batch, self.device)
 
     def restore(self, point: ResumePoint) -> None:
         """Continue exactly where the checkpoint left off (weights, optimizer, RNG, step, metrics window)."""
@@ -353,7 +397,7 @@ def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
         # --- forward and backward over grad_accum micro-batches
         for _ in range(t.grad_accum):
             with autocast(run.device, run.dtype):
-                loss, n = run.job.loss(run.model, next(batches), run.device)
+                loss, n = run.loss(next(batches))
             run.scaler.scale(loss / t.grad_accum).backward()
             total = loss.detach() if total is None else total + loss.detach()
             tokens += n
@@ -437,8 +481,9 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
         n_steps = total_steps(cfg, job.steps_per_epoch())
         emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
               "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
-              "dtype_reason": run.dtype_reason, "total_steps": n_steps,
+              "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None, "total_steps": n_steps,
               "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
+        _warn(run, emit)
         metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None)
 
         # --- steps, with a metrics line every log_interval and an evaluation every eval_interval
@@ -453,6 +498,7 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
             dt = time.perf_counter() - t0
             run.step, run.elapsed = run.step + 1, run.elapsed + dt
             run.window.add(loss, tokens, dt)
+            _warn(run, emit)
             emit({"event": "step", "step": run.step, "loss": loss, "lr": lr})
 
             # --- log and evaluate (evaluation time is not counted in elapsed_s)
@@ -478,6 +524,13 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
 
         # --- end: checkpoint the last step (evaluated), then the final evaluation
         return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _warn(run: Run, emit: Event) -> None:
+    """Report the run's pending warnings (e.g. compile turned off), each once."""
+    for message in run.warnings:
+        emit({"event": "warning", "message": message})
+    run.warnings.clear()
 
 
 def _plot(metrics: MetricsLog, run: Run, emit: Event) -> None:

@@ -1,13 +1,16 @@
 """The speed options, each a named setting: optimizer (adamw | muon), norm (layernorm | rmsnorm), qk_norm,
-activation (gelu | relu2), tie_head, zero_init, lr_schedule wsd, dtype auto; and the preallocated KV cache.
+activation (gelu | relu2), tie_head, zero_init, lr_schedule wsd, dtype auto, compile; and the preallocated
+KV cache.
 
 Every setting trains a few steps through train.py, resumes, and round-trips through its checkpoint; Muon
-updates exactly the blocks' weight matrices and AdamW the rest; dtype auto's choice and its reason."""
+updates exactly the blocks' weight matrices and AdamW the rest; dtype auto's choice and its reason; compile
+gives the losses of eager mode, plain checkpoints, and falls back to eager when the compiler fails."""
 
 import pytest
 import torch
+import torch._dynamo
 
-from helpers import cli, tiny
+from helpers import cli, losses, tiny
 from lm.checkpoint import load as load_checkpoint
 from lm.checkpoint import load_model
 from lm.config import ConfigError, ModelConfig
@@ -17,7 +20,7 @@ from lm.generate import generate
 from lm.jobs import make_model
 from lm.nn import GPT, EncoderDecoder, KVCache
 from lm.optim import make_optimizer, muon_parameters
-from lm.trainer import lr_at
+from lm.trainer import lr_at, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,6 +33,7 @@ OPTIONS = {
     "zero_init": ["--tie_head=false", "--zero_init=true"],
     "wsd": ["--lr_schedule=wsd", "--decay_fraction=0.5"],
     "bf16": ["--dtype=bfloat16"],
+    "compile": ["--compile=true"],
     "all": ["--optimizer=muon", "--norm=rmsnorm", "--qk_norm=true", "--activation=relu2", "--tie_head=false",
             "--zero_init=true", "--lr_schedule=wsd", "--pos_encoding=rope"],
 }
@@ -233,3 +237,86 @@ def test_a_checkpoint_from_before_these_settings_resumes_with_what_it_used(small
     assert refused.returncode != 0 and "train.optimizer: checkpoint has 'adamw', config has 'muon'" in refused.stderr
     done = cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--resume", "--optimizer=adamw"))
     assert done.returncode == 0, done.stderr
+
+
+# ----------------------------------------------------------------------------- compile
+
+
+def _train_tiny(corpus, out, *overrides):
+    """Train 3 float32 steps in this process; returns the events, the per-step losses, the checkpoint."""
+    torch._dynamo.reset()  # no compiled code carried over from another test
+    events = []
+    cfg = load_config(None, tiny(corpus, out, "--max_iters=3", "--eval_interval=3", "--dtype=float32", *overrides))
+    train(cfg, on_event=events.append)
+    return events, losses(out), load_checkpoint(out / "last.pt")
+
+
+def _warnings(events):
+    return [e["message"] for e in events if e["event"] == "warning"]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_compile_gives_the_losses_of_eager_mode_and_plain_checkpoints(small_corpus, tmp_path, optimizer):
+    """Same losses to float tolerance. The weights too with AdamW; Muon orthogonalises its update in
+    bfloat16 (torch.optim.Muon), where float32 rounding differences of 1e-7 flip roundings and move
+    weights by up to ~5e-3 within 3 steps, so there the losses are what is compared."""
+    from torch._dynamo.utils import counters
+
+    _, eager, eager_ckpt = _train_tiny(small_corpus, tmp_path / "eager", f"--optimizer={optimizer}")
+    counters.clear()
+    events, compiled, ckpt = _train_tiny(small_corpus, tmp_path / "compiled", "--compile=true",
+                                         f"--optimizer={optimizer}")
+    assert counters["stats"]["unique_graphs"] > 0  # the training forward really went through torch.compile
+    assert next(e for e in events if e["event"] == "start")["compiled"] is True
+    assert _warnings(events) == []
+    assert [s for s, _ in compiled] == [s for s, _ in eager] == [1, 2, 3]
+    assert [loss for _, loss in compiled] == pytest.approx([loss for _, loss in eager], rel=1e-4)
+    assert list(ckpt["model"]) == list(eager_ckpt["model"])  # no _orig_mod. prefixes
+    if optimizer == "adamw":
+        for name, value in ckpt["model"].items():
+            assert torch.allclose(value, eager_ckpt["model"][name], rtol=1e-4, atol=1e-5), name
+    model, _, _ = load_model(tmp_path / "compiled" / "last.pt")  # loads like any checkpoint
+    assert model.num_params() > 0
+
+
+def test_compile_falls_back_to_eager_with_a_warning_when_the_compiler_fails(small_corpus, tmp_path, monkeypatch):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no working C++ compiler (test)")
+
+    _, eager, _ = _train_tiny(small_corpus, tmp_path / "eager")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: real_compile(model, backend=broken_backend))
+    events, fallback, _ = _train_tiny(small_corpus, tmp_path / "fallback", "--compile=true")
+    (warning,) = _warnings(events)
+    assert "torch.compile failed" in warning and "no working C++ compiler (test)" in warning
+    assert "training goes on in eager mode" in warning
+    assert fallback == eager  # the failed step was computed eagerly: the same run, exactly
+
+
+def test_compile_where_torch_cannot_compile_trains_eagerly_and_says_so(small_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    events, _, _ = _train_tiny(small_corpus, tmp_path / "run", "--compile=true")
+    assert next(e for e in events if e["event"] == "start")["compiled"] is False
+    assert _warnings(events) == ["compile: true, but torch.compile is not supported on this Python or platform; "
+                                 "training runs in eager mode"]
+
+
+# ----------------------------------------------------------------------------- the attention core under bf16
+
+
+def test_the_attention_core_runs_in_float32_under_bf16_autocast_on_the_cpu():
+    from lm.nn.attention import sdpa
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sdpa(q, k, v, None, True, 0.0)
+        kept = sdpa(q, k, v, None, True, 0.0, float32_on_cpu=False)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert y.dtype == kept.dtype == torch.bfloat16
+    assert torch.equal(y, expected.bfloat16())  # computed in float32, rounded once at the end
+    y.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16
+    # outside autocast (a model cast to bfloat16 by its user) nothing is changed
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.equal(sdpa(q, k, v, None, True, 0.0), plain)

@@ -91,6 +91,24 @@ def build_mask(t_q: int, t_k: int, *, causal: bool, key_padding_mask: torch.Tens
     return mask
 
 
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+         dropout_p: float, float32_on_cpu: bool = True) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v by F.scaled_dot_product_attention; q: (B, h, T, d), k and v:
+    (B, h, T_k, d) -> (B, h, T, d). causal: the plain causal square (mask is then None).
+
+    float32_on_cpu: under bfloat16 autocast on the CPU, compute this core in float32 and hand back
+    bfloat16. PyTorch's CPU flash-attention backward in bfloat16 runs ~3x slower than in float32 at
+    short sequences and small heads (batch 12, T 64, d 32: 3.0 vs 0.8 ms forward and backward) and no
+    faster at T 256, d 64 (docs/benchmarks.md); the projections around it stay in bfloat16.
+    """
+    if float32_on_cpu and q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal,
+                                               dropout_p=dropout_p)  # (B, h, T, d) float32
+        return y.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout_p)
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(d_head) + mask) V, computed for num_heads heads in parallel.
 
@@ -120,6 +138,8 @@ class MultiHeadAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
         self.use_sdpa = True
+        # the SDPA core in float32 under bfloat16 autocast on the CPU (see sdpa); False keeps bfloat16
+        self.float32_on_cpu = True
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         B, T, C = t.shape
@@ -169,9 +189,9 @@ class MultiHeadAttention(nn.Module):
         if self.use_sdpa and not return_weights:
             if causal and T == t_k and key_padding_mask is None and attn_mask is None:
                 # plain causal square: let SDPA pick its fused causal kernel instead of reading a mask
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
+                y = sdpa(q, k, v, None, True, p, self.float32_on_cpu)  # (B, nh, T, hs)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+                y = sdpa(q, k, v, mask, False, p, self.float32_on_cpu)  # (B, nh, T, hs)
             weights = None
         else:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)

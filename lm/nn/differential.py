@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, sdpa
 
 
 class DifferentialAttention(MultiHeadAttention):
@@ -81,11 +81,11 @@ class DifferentialAttention(MultiHeadAttention):
         if self.use_sdpa and not return_weights:
             if causal and T == t_k and key_padding_mask is None and attn_mask is None:
                 # plain causal square: let SDPA pick its fused causal kernel instead of reading a mask
-                y1 = F.scaled_dot_product_attention(q1, k1, v, is_causal=True, dropout_p=p)  # (B, h, T, 2d)
-                y2 = F.scaled_dot_product_attention(q2, k2, v, is_causal=True, dropout_p=p)  # (B, h, T, 2d)
+                y1 = sdpa(q1, k1, v, None, True, p, self.float32_on_cpu)  # (B, h, T, 2d)
+                y2 = sdpa(q2, k2, v, None, True, p, self.float32_on_cpu)  # (B, h, T, 2d)
             else:
-                y1 = F.scaled_dot_product_attention(q1, k1, v, attn_mask=mask, dropout_p=p)  # (B, h, T, 2d)
-                y2 = F.scaled_dot_product_attention(q2, k2, v, attn_mask=mask, dropout_p=p)  # (B, h, T, 2d)
+                y1 = sdpa(q1, k1, v, mask, False, p, self.float32_on_cpu)  # (B, h, T, 2d)
+                y2 = sdpa(q2, k2, v, mask, False, p, self.float32_on_cpu)  # (B, h, T, 2d)
             y = y1 - lam * y2  # (B, h, T, 2d)
             if mask is not None:
                 # a row with no allowed key: SDPA may give NaN there; the explicit path gives 0
