@@ -305,7 +305,7 @@ def test_compile_where_torch_cannot_compile_trains_eagerly_and_says_so(small_cor
 
 
 def test_the_attention_core_runs_in_float32_under_bf16_autocast_on_the_cpu():
-    from lm.nn.attention import sdpa
+    from lm.nn.attention import FLOAT32_CORE_BELOW, sdpa
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 2, 8, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
@@ -317,6 +317,11 @@ def test_the_attention_core_runs_in_float32_under_bf16_autocast_on_the_cpu():
     assert torch.equal(y, expected.bfloat16())  # computed in float32, rounded once at the end
     y.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16
-    # outside autocast (a model cast to bfloat16 by its user) nothing is changed
+    # long keys and wide heads keep the bfloat16 kernel (faster there); so does bfloat16 outside autocast
+    # (a model cast to bfloat16 by its user)
+    long = torch.randn(1, 1, FLOAT32_CORE_BELOW // 16, 16).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(sdpa(long, long, long, None, True, 0.0),
+                           torch.nn.functional.scaled_dot_product_attention(long, long, long, is_causal=True))
     plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.equal(sdpa(q, k, v, None, True, 0.0), plain)

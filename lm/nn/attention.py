@@ -91,17 +91,22 @@ def build_mask(t_q: int, t_k: int, *, causal: bool, key_padding_mask: torch.Tens
     return mask
 
 
+FLOAT32_CORE_BELOW = 256 * 64  # T_k x head size under which sdpa computes a bf16 autocast core in float32
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
          dropout_p: float, float32_on_cpu: bool = True) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) + mask) v by F.scaled_dot_product_attention; q: (B, h, T, d), k and v:
     (B, h, T_k, d) -> (B, h, T, d). causal: the plain causal square (mask is then None).
 
     float32_on_cpu: under bfloat16 autocast on the CPU, compute this core in float32 and hand back
-    bfloat16. PyTorch's CPU flash-attention backward in bfloat16 runs ~3x slower than in float32 at
-    short sequences and small heads (batch 12, T 64, d 32: 3.0 vs 0.8 ms forward and backward) and no
-    faster at T 256, d 64 (docs/benchmarks.md); the projections around it stay in bfloat16.
+    bfloat16 when the keys are short and the heads small (T_k x d below FLOAT32_CORE_BELOW). PyTorch's
+    CPU flash-attention backward in bfloat16 carries a cost per block that only long keys and wide heads
+    amortise: forward and backward took 3.5x float32's time at T 64, d 32, 1.6x at T 128, d 64, and
+    0.99x at T 256, d 64 (docs/benchmarks.md). The projections around the core stay in bfloat16.
     """
-    if float32_on_cpu and q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_autocast_enabled("cpu"):
+    if (float32_on_cpu and q.device.type == "cpu" and q.dtype == torch.bfloat16
+            and torch.is_autocast_enabled("cpu") and k.size(-2) * q.size(-1) < FLOAT32_CORE_BELOW):
         with torch.autocast("cpu", enabled=False):
             y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal,
                                                dropout_p=dropout_p)  # (B, h, T, d) float32
@@ -138,7 +143,7 @@ class MultiHeadAttention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
         self.use_sdpa = True
-        # the SDPA core in float32 under bfloat16 autocast on the CPU (see sdpa); False keeps bfloat16
+        # the SDPA core in float32 under bfloat16 autocast on the CPU for short keys (see sdpa); False: never
         self.float32_on_cpu = True
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
