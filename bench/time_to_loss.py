@@ -8,7 +8,8 @@ between the configs when --repeats > 1. The validation loss is estimated every e
 so that a run has about --evals evaluations, on about --eval_tokens tokens whatever the batch size (so
 every config's estimate is equally precise). The run stops at the first evaluation at or below the target;
 its elapsed_s there (training wall time, evaluations excluded) is the time to the target. Prints one line
-per run and a table with medians, the ratio against the first config, and each process's peak RSS, plus
+per run and a table with medians, the ratio against the first config (an upper bound, "<", against its
+whole run's training time where it never reached the target), and each process's peak RSS, plus
 the machine (CPU model, flags, cores). Data: the configs' own data_path (Tiny Shakespeare in
 data/tinyshakespeare/input.txt for the shipped configs).
 """
@@ -90,18 +91,26 @@ def main() -> None:
             print(f"run {r + 1} {json.dumps(result)}", flush=True)
     print(f"\n| config | dtype | reached {args.target} at step | training time to {args.target} (s) | "
           f"vs {args.configs[0]} | peak RSS (MB) |\n|---|---|---|---|---|---|")
-    first = None
+    base_runs = results[args.configs[0]]
+    base_hit = [r for r in base_runs if r["reached"]]
+    # the first config's time to the target; where it never got there, its whole run's training time,
+    # against which a ratio is an upper bound ("<")
+    base = (statistics.median(r["elapsed_s"] for r in base_hit), "") if base_hit else \
+        (statistics.median(r["ran_out"]["elapsed_s"] for r in base_runs), "< ")
     for config, runs in results.items():
+        rss = max(r["peak_rss_mb"] for r in runs)
         hit = [r for r in runs if r["reached"]]
         if not hit:
-            print(f"| {config} | {runs[0].get('dtype')} | not reached in {len(runs)} run(s) | - | - | "
-                  f"{max(r['peak_rss_mb'] for r in runs)} |")
+            ends = ", ".join(f"{r['ran_out']['elapsed_s']:.1f} s, final val loss {r['ran_out']['final_val_loss']:.4f}"
+                             for r in runs)
+            print(f"| {config} | {runs[0].get('dtype')} | not reached in {len(runs)} whole run(s) ({ends}) | "
+                  f"> {min(r['ran_out']['elapsed_s'] for r in runs):.1f} | - | {rss} |")
             continue
         seconds = statistics.median(r["elapsed_s"] for r in hit)
-        first = first or seconds
         spread = f" ({min(r['elapsed_s'] for r in hit):.1f}-{max(r['elapsed_s'] for r in hit):.1f})" if len(hit) > 1 else ""
-        print(f"| {config} | {hit[0].get('dtype')} | {statistics.median(r['step'] for r in hit):.0f} | "
-              f"{seconds:.1f}{spread} | {seconds / first:.2f}x | {max(r['peak_rss_mb'] for r in runs)} |")
+        missed = f", missed in {len(runs) - len(hit)} of {len(runs)}" if len(hit) < len(runs) else ""
+        print(f"| {config} | {hit[0].get('dtype')} | {statistics.median(r['step'] for r in hit):.0f}{missed} | "
+              f"{seconds:.1f}{spread} | {base[1]}{seconds / base[0]:.2f}x | {rss} |")
 
 
 if __name__ == "__main__":

@@ -72,9 +72,7 @@ def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> Optimiz
     rest = [p for p in params if id(p) not in taken]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": t.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    # fused: one kernel for every tensor's update (on the CPU 0.3 ms instead of 1.3 ms per step at 4/4/128)
-    fused = device.type in ("cuda", "cpu")
-    parts = {"adamw": torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=fused)}
+    parts = {"adamw": torch.optim.AdamW(groups, lr=t.lr, betas=(t.beta1, t.beta2), fused=device.type == "cuda")}
     if matrices:
         parts["muon"] = torch.optim.Muon(matrices, lr=t.muon_lr, weight_decay=t.weight_decay)
     return Optimizers(parts)
