@@ -8,6 +8,7 @@ Sizes (blocks/heads/width, block_size, batch):
     small    4/4/128,  block 64,  batch 12   (nanoGPT's CPU recipe, configs/baseline_nanogpt_cpu.yaml)
     shipped  the shipped config.yaml's shape and batch
     large    6/6/384,  block 256, batch 64
+    ten      6/6/192,  block 128, batch 32   (configs/shakespeare_char_10min.yaml's shape, without its dropout)
 Variants: plain (float32, AdamW, LayerNorm, GELU: the baseline's path) and one change each: bf16 (bfloat16
 autocast; its attention core in float32, lm.nn.attention.sdpa), bf16_core (bf16 with the attention core in
 bfloat16 too), muon (optimizer: muon), rmsnorm, relu2, qk_norm, zero_init (start with untied zero head), compile
@@ -43,6 +44,7 @@ SIZES = {
     "small": ["--num_blocks=4", "--num_heads=4", "--embedding_dim=128", "--block_size=64", "--batch_size=12"],
     "shipped": [],
     "large": ["--num_blocks=6", "--num_heads=6", "--embedding_dim=384", "--block_size=256", "--batch_size=64"],
+    "ten": ["--num_blocks=6", "--num_heads=6", "--embedding_dim=192", "--block_size=128", "--batch_size=32"],
 }
 PLAIN = ["--dtype=float32", "--optimizer=adamw", "--norm=layernorm", "--activation=gelu", "--qk_norm=false",
          "--tie_head=true", "--zero_init=false", "--bias=false", "--dropout=0.0"]

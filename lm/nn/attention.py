@@ -102,8 +102,9 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     float32_on_cpu: under bfloat16 autocast on the CPU, compute this core in float32 and hand back
     bfloat16 when the keys are short and the heads small (T_k x d below FLOAT32_CORE_BELOW). PyTorch's
     CPU flash-attention backward in bfloat16 carries a cost per block that only long keys and wide heads
-    amortise: forward and backward took 3.5x float32's time at T 64, d 32, 1.6x at T 128, d 64, and
-    0.99x at T 256, d 64 (docs/benchmarks.md). The projections around the core stay in bfloat16.
+    amortise: forward and backward took 2.7x float32's time at T 64, d 32, 1.35x at T 128, d 64, and
+    0.94x at T 256, d 64 (bench/attention_core.py, docs/benchmarks.md). The projections around the core
+    stay in bfloat16.
     """
     if (float32_on_cpu and q.device.type == "cpu" and q.dtype == torch.bfloat16
             and torch.is_autocast_enabled("cpu") and k.size(-2) * q.size(-1) < FLOAT32_CORE_BELOW):
