@@ -10,7 +10,7 @@ from .rundir import read_metrics
 
 MAX_SETTINGS = 4  # a label names at most this many differing settings
 # settings that change how a run is carried out, not what it learns: never a label
-NOT_LABELS = {"out_dir", "device", "dtype", "num_workers", "vocab_size", "log_interval", "eval_interval", "eval_iters"}
+NOT_LABELS = {"out_dir", "device", "dtype", "compile", "num_workers", "vocab_size", "log_interval", "eval_interval", "eval_iters"}
 
 
 class RunError(ValueError):
