@@ -14,6 +14,7 @@ Exit codes: 0 done, 1 training or writing failed, 2 bad config, data or checkpoi
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -236,7 +237,8 @@ def main(argv: list[str]) -> int:
         train(cfg, resume=point or False, overwrite=args.overwrite, on_event=console, should_stop=stop)
     except Interrupted as e:
         console.close()
-        print(f"interrupted: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; the main one says so
+            print(f"interrupted: {e}", file=sys.stderr)
         return stop.exit_code
     except (ConfigError, DataError, CheckpointError, RunDirError) as e:
         console.close()

@@ -230,13 +230,15 @@ class WindowBatches(torch.utils.data.Dataset):
 
 
 def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int, start: int,
-                   num_workers: int = 0, stream: int = 0):
-    """Yield batches start, start+1, ... forever; with num_workers > 0 they are built in worker processes."""
+                   num_workers: int = 0, stream: int = 0, stride: int = 1):
+    """Yield batches start, start + stride, start + 2 * stride, ... forever (stride > 1: one process's
+    share of a data-parallel run, see lm.distributed); with num_workers > 0 they are built in worker
+    processes."""
     if num_workers == 0:
         index = start
         while True:
             yield window_batch(ids, batch_size, block_size, seed, index, stream)
-            index += 1
+            index += stride
     dataset = WindowBatches(ids, batch_size, block_size, seed, stream)
 
     class _From(torch.utils.data.Sampler):
@@ -244,7 +246,7 @@ def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
             index = start
             while True:
                 yield index
-                index += 1
+                index += stride
 
     # The loader's own generator: without it, starting the workers draws from the global RNG and
     # shifts every later dropout mask, so a resumed run would differ from an uninterrupted one.

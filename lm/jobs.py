@@ -20,6 +20,7 @@ import torch.nn as nn
 from .config import Config, ConfigError
 from .data import batch_iterator, obtain_corpus, prepare_corpus, seeded_generator, sequential_windows, window_batch
 from .device import autocast
+from .distributed import World
 from .generate import greedy_decode
 from .layout import positions
 from .nn import GPT, EncoderDecoder
@@ -70,10 +71,11 @@ class LanguageModelJob:
         t = self.cfg.train
         return len(self.corpus.train) / (t.batch_size * t.grad_accum)
 
-    def batches(self, start: int) -> Iterator:
+    def batches(self, start: int, stride: int = 1) -> Iterator:
+        """Training batches start, start + stride, ... (stride: the number of data-parallel processes)."""
         c = self.cfg
         return batch_iterator(self.corpus.train, c.train.batch_size, c.model.block_size, c.train.seed, start,
-                              c.data.num_workers, TRAIN_STREAM)
+                              c.data.num_workers, TRAIN_STREAM, stride)
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         """Training loss of one batch, and the number of tokens it holds."""
@@ -82,34 +84,40 @@ class LanguageModelJob:
         return token_loss(logits, y, label_smoothing=self.cfg.train.label_smoothing), y.numel()
 
     @torch.no_grad()
-    def evaluate(self, model, device, dtype) -> dict:
-        """Mean loss on eval_iters fixed batches of each split (the same batches at every evaluation)."""
+    def evaluate(self, model, device, dtype, world: World = World()) -> dict:
+        """Mean loss on eval_iters fixed batches of each split (the same batches at every evaluation).
+        With several processes each takes every world.size-th batch and the sums are added up."""
         c = self.cfg
         model.eval()
-        losses = {}
-        for split, ids, stream in (("train", self.corpus.train, EVAL_TRAIN_STREAM),
-                                   ("val", self.corpus.val, EVAL_VAL_STREAM)):
+        totals = []
+        for ids, stream in ((self.corpus.train, EVAL_TRAIN_STREAM), (self.corpus.val, EVAL_VAL_STREAM)):
             total = 0.0
-            for i in range(c.train.eval_iters):
+            for i in range(world.rank, c.train.eval_iters, world.size):
                 x, y = window_batch(ids, c.train.batch_size, c.model.block_size, c.train.seed, i, stream)
                 with autocast(device, dtype):
                     _, loss, _ = model(x.to(device), y.to(device))
                 total += loss.item()
-            losses[split] = total / c.train.eval_iters
+            totals.append(total)
         model.train()
-        return {"val_loss": losses["val"], "val_bpc": bits_per_char(losses["val"]), "eval_train_loss": losses["train"]}
+        train_loss, val_loss = (x / c.train.eval_iters for x in world.sum(totals, device))
+        return {"val_loss": val_loss, "val_bpc": bits_per_char(val_loss), "eval_train_loss": train_loss}
 
     @torch.no_grad()
-    def final(self, model, device, dtype) -> dict:
-        """Mean loss over every validation token, each predicted once (consecutive windows): deterministic."""
+    def final(self, model, device, dtype, world: World = World()) -> dict:
+        """Mean loss over every validation token, each predicted once (consecutive windows): deterministic.
+        With several processes each takes every world.size-th batch and the sums are added up."""
         model.eval()
         total, count = 0.0, 0
-        for x, y in sequential_windows(self.corpus.val, self.cfg.model.block_size, self.cfg.train.batch_size):
+        windows = sequential_windows(self.corpus.val, self.cfg.model.block_size, self.cfg.train.batch_size)
+        for b, (x, y) in enumerate(windows):
+            if b % world.size != world.rank:
+                continue
             with autocast(device, dtype):
                 logits, _, _ = model(x.to(device))
             total += token_loss(logits, y.to(device)).item() * y.numel()
             count += y.numel()
         model.train()
+        total, count = world.sum([total, count], device)
         loss = total / count
         return {"final_val_loss": loss, "final_val_bpc": bits_per_char(loss)}
 
@@ -170,11 +178,12 @@ class Seq2SeqJob:
             tgt_pos = tgt_pos[:, : max(len(t) for _, t in pairs) + 1]  # the decoder inputs: BOS + target
         return (*collate(pairs), src_pos, tgt_pos)
 
-    def batches(self, start: int) -> Iterator:
+    def batches(self, start: int, stride: int = 1) -> Iterator:
+        """Training batches start, start + stride, ... (stride: the number of data-parallel processes)."""
         index = start
         while True:
             yield self.batch(index)
-            index += 1
+            index += stride
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         tokens = int(batch[1].sum() + (batch[3] != PAD).sum())  # counted on the host batch: no device sync
@@ -216,7 +225,9 @@ class Seq2SeqJob:
         model.train()
         return {"loss": loss_sum / loss_count, "token_acc": right / tokens, "exact": exact / len(pairs)}
 
-    def evaluate(self, model, device, dtype) -> dict:
+    def evaluate(self, model, device, dtype, world: World = World()) -> dict:
+        """Loss, token accuracy and exact match on the held-out sets. Every process scores them whole
+        (they are small; the results are the same in each), so world is not needed."""
         held = self.score(model, self.held_out, device, dtype)
         out = {"val_loss": held["loss"], "val_token_acc": held["token_acc"], "val_exact": held["exact"]}
         if self.long:
@@ -224,7 +235,7 @@ class Seq2SeqJob:
             out.update({"long_token_acc": long["token_acc"], "long_exact": long["exact"]})
         return out
 
-    def final(self, model, device, dtype) -> dict:
+    def final(self, model, device, dtype, world: World = World()) -> dict:
         return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
 
 

@@ -24,6 +24,7 @@ from . import rundir
 from .checkpoint import ResumePoint
 from .config import Config, ConfigError
 from .device import autocast, choose_dtype, resolve_device
+from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
 from .jobs import make_job, make_model
 from .optim import make_optimizer
@@ -127,11 +128,12 @@ class MetricsLog:
     equals an uninterrupted run's but for timings, and a resume that fails early changes nothing.
     """
 
-    def __init__(self, path: Path, resume_step: int | None):
+    def __init__(self, path: Path, resume_step: int | None, writes: bool = True):
         self.path = path
+        self.writes = writes  # False in every process of a data-parallel run but the main one
         self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
         self.records: list[dict] = []  # the file's records (kept and written), as loss.png draws them
-        if resume_step is not None and path.exists():
+        if writes and resume_step is not None and path.exists():
             try:
                 pairs = rundir.read_metrics(path)
             except OSError as e:
@@ -140,6 +142,8 @@ class MetricsLog:
             self.kept, self.records = [line for line, _ in pairs], [r for _, r in pairs]
 
     def write(self, record: dict) -> None:
+        if not self.writes:
+            return
         line = json.dumps(record) + "\n"
         try:
             if self.kept is not None:
@@ -157,6 +161,8 @@ class MetricsLog:
         """Redraw loss.png beside metrics.jsonl from every record so far (lm.plots.plot_run). The picture
         is only a view of metrics.jsonl: when it cannot be drawn or written, the run goes on and the
         reason is returned (None when it was drawn)."""
+        if not self.writes:
+            return None
         path = self.path.with_name("loss.png")
         try:
             from . import plots  # matplotlib loads only when a run first evaluates (a faster start)
@@ -291,10 +297,12 @@ class Run:
     """What a training run holds between steps, and what its checkpoints save and restore:
     model, optimizer, gradient scaler, step, best validation loss, training time, metrics window."""
 
-    def __init__(self, cfg: Config, job, run_id: str, out_dir: Path):
+    def __init__(self, cfg: Config, job, run_id: str, out_dir: Path, world: World = World()):
         t = cfg.train
-        self.cfg, self.job, self.run_id, self.out_dir = cfg, job, run_id, out_dir
+        self.cfg, self.job, self.run_id, self.out_dir, self.world = cfg, job, run_id, out_dir, world
         self.device = resolve_device(t.device)
+        if world.size > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", world.local_rank)  # one GPU per process
         self.dtype, self.dtype_reason = choose_dtype(t.dtype, self.device)
         with explain_out_of_memory(cfg, "while building the model and moving it to the device"):
             torch.manual_seed(t.seed)
@@ -303,13 +311,26 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.best_val, self.elapsed, self.window = 0, float("inf"), 0.0, Window()
         self.warnings: list[str] = []  # for the loop to report (emitted as "warning" events)
-        # compile: true -> the training forward goes through torch.compile(model); self.model stays the
-        # plain module, so its state dict (the checkpoints) never has _orig_mod. prefixes
+        # the training forward: the model, wrapped by DistributedDataParallel with several processes (it
+        # averages the gradients across them) and by torch.compile with compile: true. self.model stays
+        # the plain module, so its state dict (the checkpoints) has no module. or _orig_mod. prefixes.
+        self.trained = self.model
+        if world.size > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False)
         self.compiled = None
         if t.compile:
-            self.compiled, problem = compile_model(self.model)
+            self.compiled, problem = compile_model(self.trained)
             if problem:
                 self.warnings.append(f"compile: true, but {problem}; training runs in eager mode")
+
+    def gradient_sync(self, last: bool):
+        """Context for one micro-batch's forward and backward: with several processes, gradients are
+        averaged across them only on the step's last micro-batch (no_sync on the others)."""
+        if self.world.size > 1 and not last:
+            return self.trained.no_sync()
+        return contextlib.nullcontext()
 
     def loss(self, batch) -> tuple[torch.Tensor, int]:
         """The job's training loss on a batch, through the compiled model when there is one. If compiling
@@ -325,7 +346,7 @@ class Run:
                 detail = " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:300]
                 self.warnings.append(f"compile: true, but torch.compile failed ({type(e).__name__}: {detail}); "
                                      f"training goes on in eager mode")
-        return self.job.loss(self.model, batch, self.device)
+        return self.job.loss(self.trained, batch, self.device)
 
     def restore(self, point: ResumePoint) -> None:
         """Continue exactly where the checkpoint left off (weights, optimizer, RNG, step, metrics window)."""
@@ -346,6 +367,8 @@ class Run:
             raise TrainingError(f"the weights became non-finite by step {self.step} ({', '.join(bad[:3])}...); "
                                 f"no checkpoint was written. Try a lower lr (now {self.cfg.train.lr}) or gradient "
                                 f"clipping.")
+        if not self.world.is_main:
+            return  # every process holds the same weights; the main one writes them
         payload = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
                    "rng": ckpt_io.rng_state(), "config": self.cfg.to_dict(), "tokenizer": self.job.vocab.state(),
                    "best_val_loss": None if self.best_val == float("inf") else self.best_val,
@@ -369,7 +392,7 @@ class Run:
 
     def evaluate(self) -> dict:
         with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
-            return self.job.evaluate(self.model, self.device, self.dtype)
+            return self.job.evaluate(self.model, self.device, self.dtype, self.world)
 
     def save_evaluated(self, val_loss: float) -> bool:
         """Checkpoint an evaluated step: last.pt, and best.pt when the validation loss is the lowest yet."""
@@ -385,20 +408,27 @@ class Run:
 
 def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
     """One optimizer step at learning rate lr: grad_accum micro-batches forward and backward (gradients
-    summed), then clip and update. Returns (mean loss, tokens seen). The host waits for the device once
+    averaged), then clip and update. Returns (mean loss, tokens seen). The host waits for the device once
     per step, for the loss and the gradients' norm together.
+
+    With N processes (lm.distributed), each runs grad_accum / N of the step's micro-batches (batches
+    yields this process's share) and the gradients are averaged across processes once, on the last one:
+    the step is the one a single process would take. The loss and token count are summed over them.
 
     Raises TrainingError, before the weights change, when the loss or the gradients' norm is not finite.
     """
-    cfg, t = run.cfg, run.cfg.train
+    cfg, t, world = run.cfg, run.cfg.train, run.world
+    micro = t.grad_accum // world.size  # micro-batches on this process
     run.optimizer.set_lr_scale(lr / t.lr)  # AdamW at lr, Muon at muon_lr x the same factor
     total, tokens = None, 0
     with explain_out_of_memory(cfg, f"at training step {run.step + 1}"):
-        # --- forward and backward over grad_accum micro-batches
-        for _ in range(t.grad_accum):
-            with autocast(run.device, run.dtype):
-                loss, n = run.loss(next(batches))
-            run.scaler.scale(loss / t.grad_accum).backward()
+        # --- forward and backward over this process's micro-batches (gradients averaged across processes
+        # on the last)
+        for j in range(micro):
+            with run.gradient_sync(last=j == micro - 1):
+                with autocast(run.device, run.dtype):
+                    loss, n = run.loss(next(batches))
+                run.scaler.scale(loss / micro).backward()
             total = loss.detach() if total is None else total + loss.detach()
             tokens += n
         # --- gradient norm (clipped when grad_clip > 0), checked with the loss before any update
@@ -409,7 +439,10 @@ def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
             norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        step_loss, grad_norm = torch.stack([total.float() / t.grad_accum, norm.float()]).tolist()  # the one sync
+        step_loss, grad_norm = torch.stack([total.float() / micro, norm.float()]).tolist()  # the one sync
+        if world.size > 1:  # the mean loss over every process's micro-batches, and all their tokens
+            loss_sum, tokens = world.sum([step_loss, tokens])
+            step_loss, tokens = loss_sum / world.size, int(tokens)
         if not math.isfinite(step_loss):
             run.optimizer.zero_grad(set_to_none=True)
             raise TrainingError(f"the training loss became {step_loss} at step {run.step + 1}; the weights were not "
@@ -439,55 +472,80 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
     read. overwrite: a fresh run replaces the run in out_dir (otherwise refused); with a resume path,
     the continuation replaces another run in out_dir. should_stop: polled after every step and between
     phases; when it returns True, last.pt covers the latest completed step and Interrupted is raised.
+
+    Started by torchrun (WORLD_SIZE > 1), every process runs this function: they train data-parallel
+    (lm.distributed), and only the main one (rank 0) reports on_event and writes out_dir.
     """
-    emit = on_event or (lambda event: None)
-    stop = should_stop or (lambda: False)
     t = cfg.train
-    out_dir = Path(t.out_dir)
     if resume is True and overwrite:
         raise ConfigError("resume (continue the run in out_dir) and overwrite (replace it) contradict each other")
+    n = World.size_in_environment()
+    if t.grad_accum % n:
+        raise ConfigError(f"grad_accum: {t.grad_accum} micro-batches per step cannot be shared by {n} processes; it "
+                          f"counts the micro-batches of a step across all processes (batch_size is per process), "
+                          f"so it must be a multiple of {n}, e.g. --grad_accum={n * math.ceil(t.grad_accum / n)}")
+    world = World.from_environment(resolve_device(t.device).type)
+    try:
+        summary = _train(cfg, world, resume, overwrite, on_event or (lambda event: None),
+                         should_stop or (lambda: False))
+    except Interrupted:
+        world.close()  # every process stopped at the same point
+        raise
+    except BaseException:
+        world.close(together=False)
+        raise
+    world.close()
+    return summary
+
+
+def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
+           should_stop: Callable[[], bool]) -> dict:
+    t = cfg.train
+    out_dir = Path(t.out_dir)
+    emit = on_event if world.is_main else (lambda event: None)  # the main process reports for all
+
+    def stop() -> bool:
+        """A stop asked of any process (SIGTERM, Ctrl-C) stops them all at the same point."""
+        return world.any(should_stop())
 
     # --- restore (1/2): the checkpoint to continue, read once; its model must be this config's
     point = resume_point(resume, out_dir)
     if point:
         check_resume_config(point.ckpt["config"], cfg)
-    with RunLock(out_dir):
-        if point and point.source and not point.is_current():  # another process wrote a newer checkpoint before we held the lock
-            point = ckpt_io.load_latest(point.source)
-        changes = check_resume_config(point.ckpt["config"], cfg) if point else []
-        info, clear = rundir.claim(out_dir, point.path if point else None, point.ckpt if point else None, overwrite)
-        try:
-            remove_stale_temporaries(out_dir)
-        except OSError as e:
-            raise write_failure(out_dir, e) from None
-        if point:
-            emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
-                  "skipped": point.problems})
-
-        # --- data: the corpus (encoded once into a cache in out_dir) or the task's generator
-        job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
+    with RunLock(out_dir) if world.is_main else contextlib.nullcontext():
+        # --- the run directory (main process only), then the data: the corpus (encoded once into a
+        # cache in out_dir, by the main process before the others read it) or the task's generator
+        info, clear = {"run_id": ""}, False
+        if world.is_main:
+            point, info, clear = _claim(out_dir, point, cfg, overwrite, emit)
+            job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
+        world.barrier()
+        if not world.is_main:
+            job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
         if stop():
             raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
                               "training; nothing of the run was changed")
 
         # --- model and optimizer, and (restore 2/2) their state at the checkpoint
-        run = Run(cfg, job, info["run_id"], out_dir)
+        run = Run(cfg, job, info["run_id"], out_dir, world)
         if point:
             with explain_out_of_memory(cfg, "while restoring the checkpoint (the optimizer's state)"):
                 run.restore(point)
         # everything that could refuse this run has passed: out_dir becomes its home (--overwrite: only now
         # are the previous run's files removed)
-        rundir.start(out_dir, info, clear)
+        if world.is_main:
+            rundir.start(out_dir, info, clear)
         n_steps = total_steps(cfg, job.steps_per_epoch())
         emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
               "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
-              "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None, "total_steps": n_steps,
-              "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
+              "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None, "world_size": world.size,
+              "total_steps": n_steps, "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
         _warn(run, emit)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None)
+        metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None, writes=world.is_main)
 
-        # --- steps, with a metrics line every log_interval and an evaluation every eval_interval
-        batches = job.batches(start=run.step * t.grad_accum)
+        # --- steps, with a metrics line every log_interval and an evaluation every eval_interval; this
+        # process takes micro-batches rank, rank + N, ... of the run's sequence (lm.distributed)
+        batches = job.batches(start=run.step * t.grad_accum + world.rank, stride=world.size)
         run.model.train()
         while run.step < n_steps:
             t0 = time.perf_counter()
@@ -506,7 +564,7 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
             if at_eval or run.step % t.log_interval == 0:
                 train_loss, tokens_per_sec = run.window.flush()
                 record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                          "elapsed_s": run.elapsed}
+                          "elapsed_s": run.elapsed, "world_size": world.size}
                 if at_eval:
                     record.update(run.evaluate())
                 metrics.write(record)
@@ -524,6 +582,24 @@ def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overw
 
         # --- end: checkpoint the last step (evaluated), then the final evaluation
         return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _claim(out_dir: Path, point: ResumePoint | None, cfg: Config, overwrite: bool, emit: Event):
+    """Under the run lock: the checkpoint to continue (re-read if another process wrote a newer one
+    meanwhile), and out_dir claimed for this run (rundir.claim: refuses to mix runs). Returns (point,
+    run info, whether the previous run's files are to be removed)."""
+    if point and point.source and not point.is_current():
+        point = ckpt_io.load_latest(point.source)
+    changes = check_resume_config(point.ckpt["config"], cfg) if point else []
+    info, clear = rundir.claim(out_dir, point.path if point else None, point.ckpt if point else None, overwrite)
+    try:
+        remove_stale_temporaries(out_dir)
+    except OSError as e:
+        raise write_failure(out_dir, e) from None
+    if point:
+        emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
+              "skipped": point.problems})
+    return point, info, clear
 
 
 def _warn(run: Run, emit: Event) -> None:
@@ -544,7 +620,7 @@ def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Call
     """Evaluate and checkpoint the last step (unless its evaluation was on schedule), then run the final
     evaluation: the whole validation split (lm) or the held-out sets (tasks). One record in metrics.jsonl,
     marked "final" (a resume past this point drops it)."""
-    record = {"step": run.step, "final": True}
+    record = {"step": run.step, "final": True, "world_size": run.world.size}
     if run.step % run.cfg.train.eval_interval != 0:
         if run.window.steps:  # the steps since the last metrics line (the window stays in the checkpoint)
             record["train_loss"] = run.window.loss / run.window.steps
@@ -555,7 +631,7 @@ def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Call
         raise Interrupted(run.step, f"stopped before the final evaluation; {last} holds step {run.step} "
                                     f"(--resume runs the final evaluation)")
     with explain_out_of_memory(run.cfg, "in the final evaluation"):
-        final = run.job.final(run.model, run.device, run.dtype)
+        final = run.job.final(run.model, run.device, run.dtype, run.world)
     if stop():
         raise Interrupted(run.step, f"stopped during the final evaluation; {last} holds step {run.step} "
                                     f"(--resume runs the final evaluation)")

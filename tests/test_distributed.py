@@ -1,0 +1,161 @@
+"""Data parallelism through torchrun (gloo on the CPU): the real train.py started by
+`python -m torch.distributed.run --standalone --nproc_per_node=N`.
+
+N processes train the same model as one (same per-step losses and final weights), metrics.jsonl
+records world_size, a killed process ends the job with an error, SIGTERM checkpoints once, and
+checkpoints resume across process counts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from helpers import cli, losses, metrics, tiny
+from lm.checkpoint import load as load_checkpoint
+
+TIMEOUT = 240
+# float32 and AdamW: the processes' sums differ from one process's only in rounding order
+SAME_MODEL = ["--dtype=float32", "--optimizer=adamw", "--dropout=0.0", "--grad_accum=2", "--eval_interval=2"]
+
+
+def torchrun(nproc, *args, **kwargs):
+    """train.py under torchrun with nproc processes on this machine."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, **kwargs)
+
+
+def torchrun_popen(nproc, *args):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train.py"), *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)
+
+
+def assert_same_losses(a, b):
+    assert [s for s, _ in a] == [s for s, _ in b]
+    assert [loss for _, loss in a] == pytest.approx([loss for _, loss in b], rel=1e-5)
+
+
+def assert_same_weights(a, b):
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert list(wa) == list(wb)  # no "module." prefixes from DistributedDataParallel
+    for name in wa:
+        assert torch.allclose(wa[name], wb[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_two_processes_train_the_model_one_does(small_corpus, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    done = cli("train.py", *tiny(small_corpus, one, "--max_iters=4", *SAME_MODEL))
+    assert done.returncode == 0, done.stderr
+    done = torchrun(2, *tiny(small_corpus, two, "--max_iters=4", *SAME_MODEL))
+    assert done.returncode == 0, done.stderr
+    assert_same_losses(losses(two), losses(one))
+    assert_same_weights(two / "last.pt", one / "last.pt")
+    records = metrics(two)
+    steps = [r for r in records if not r.get("final")]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # one line per logged step, written once
+    assert all(r["world_size"] == 2 for r in records) and records[-1]["final"]
+    assert [r["val_loss"] for r in steps if "val_loss" in r] == pytest.approx(
+        [r["val_loss"] for r in metrics(one) if "val_loss" in r and not r.get("final")], rel=1e-5)
+    assert records[-1]["final_val_loss"] == pytest.approx(metrics(one)[-1]["final_val_loss"], rel=1e-5)
+    assert done.stdout.count("final, over the whole validation split") == 1  # only rank 0 reports
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_processes(small_corpus, tmp_path, first, then):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert cli("train.py", *tiny(small_corpus, straight, "--max_iters=4", *SAME_MODEL)).returncode == 0
+
+    def run(nproc, *args):
+        done = torchrun(nproc, *args) if nproc > 1 else cli("train.py", *args)
+        assert done.returncode == 0, done.stderr
+
+    run(first, *tiny(small_corpus, split, "--max_iters=2", *SAME_MODEL))
+    run(then, *tiny(small_corpus, split, "--max_iters=4", "--resume", *SAME_MODEL))
+    assert_same_losses(losses(split), losses(straight))
+    assert_same_weights(split / "last.pt", straight / "last.pt")
+    assert [r["world_size"] for r in metrics(split) if not r.get("final")] == [first, first, then, then]
+
+
+def test_grad_accum_must_be_shared_evenly_by_the_processes(small_corpus, tmp_path):
+    done = torchrun(2, *tiny(small_corpus, tmp_path / "run", "--max_iters=2", "--grad_accum=3"))
+    assert done.returncode != 0
+    assert "grad_accum: 3 micro-batches per step cannot be shared by 2 processes" in done.stderr
+    assert "--grad_accum=4" in done.stderr
+
+
+def _workers(parent_pid):
+    """{rank: pid} of the train.py processes below torchrun."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent_pid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"RANK" in env:
+            found[int(env[b"RANK"])] = int(entry)
+    return found
+
+
+def _started(out):
+    return (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1
+
+
+def _wait(predicate, proc, what, limit=120.0):
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"torchrun ended (code {proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_killed_process_ends_the_whole_job_with_an_error(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
+    try:
+        _wait(lambda: _started(out), proc, "the first metrics line")
+        workers = _workers(proc.pid)
+        assert set(workers) == {0, 1}, workers
+        os.kill(workers[1], signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=90)
+        assert proc.returncode != 0
+        assert time.monotonic() - killed < 90  # bounded: never a hang
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
+    try:
+        _wait(lambda: _started(out), proc, "the first metrics line")
+        proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to every process
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert err.count("interrupted: stopped at step") == 1, err  # said once, by the main process
+    ckpt = load_checkpoint(out / "last.pt")
+    logged = [r["step"] for r in metrics(out)]
+    assert ckpt["step"] >= logged[-1] >= 1  # the step boundary where every process stopped
+    assert not list(out.glob("*.tmp*"))
