@@ -159,3 +159,33 @@ def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path
     logged = [r["step"] for r in metrics(out)]
     assert ckpt["step"] >= logged[-1] >= 1  # the step boundary where every process stopped
     assert not list(out.glob("*.tmp*"))
+
+
+def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
+    """The README's multi-node command, with two 'nodes' on this machine: --nnodes=2, one process each,
+    meeting at one --rdzv_endpoint; they train the model one process does."""
+    import random
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    one, two = tmp_path / "one", tmp_path / "two"
+    job = f"test{random.randrange(10**6)}"  # the same --rdzv_id on every node
+    assert cli("train.py", *tiny(small_corpus, one, "--max_iters=4", *SAME_MODEL)).returncode == 0
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                               "--rdzv_backend=c10d", f"--rdzv_endpoint=localhost:{port}",
+                               f"--rdzv_id={job}", str(ROOT / "train.py"),
+                               *tiny(small_corpus, two, "--max_iters=4", *SAME_MODEL)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(2)]
+    try:
+        for node in nodes:
+            _, err = node.communicate(timeout=TIMEOUT)
+            assert node.returncode == 0, err
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert_same_losses(losses(two), losses(one))
+    assert all(r["world_size"] == 2 for r in metrics(two))
