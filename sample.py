@@ -18,6 +18,7 @@ quiet: no traceback, and no "Exception ignored" from the final flush of the clos
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def sample_text(args, model, tokenizer, cfg, device) -> int:
     except UnknownCharactersError as e:
         raise ValueError(f"the prompt cannot be encoded: {e}") from None
     if len(ids) > cfg.model.block_size:
-        print(f"note: the prompt has {len(ids)} characters; the model sees only the last "
+        print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
               f"{cfg.model.block_size} (block_size)", file=sys.stderr)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     idx = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
@@ -89,11 +90,12 @@ def sample_text(args, model, tokenizer, cfg, device) -> int:
         if n:
             sys.stdout.write(SEPARATOR)
         sys.stdout.write(prompt)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a BPE token may end mid-character
         for token in generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
                               generator, use_cache=not args.no_cache):
-            sys.stdout.write(tokenizer.decode(token[0].tolist()))
+            sys.stdout.write(text.decode(tokenizer.token_bytes(token[0, 0].item())))
             sys.stdout.flush()
-        sys.stdout.write("\n")
+        sys.stdout.write(text.decode(b"", final=True) + "\n")
     sys.stdout.flush()
     return 0
 

@@ -184,6 +184,8 @@ class Console:
             long = f", longer lengths {e['long_lengths'][0]}-{e['long_lengths'][1]}" if e["long_lengths"] else ""
             print(f"task: {e['task']} (vocab {e['vocab_size']}), training lengths {e['lengths'][0]}-{e['lengths'][1]}, "
                   f"held-out sets of {e['held_out']} examples{long}")
+        elif kind == "tokenizer":
+            print(f"tokenizer: {e['message']}", flush=True)
         elif kind == "data":
             cache = "reused token cache" if e["reused_cache"] else "encoded"
             print(f"data: {e['path']} ({cache}): vocab {e['vocab_size']}, "

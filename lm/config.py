@@ -36,6 +36,12 @@ class DataConfig:
     val_fraction: float = 0.1
     # background processes that assemble batches (0 = in the training process)
     num_workers: int = 0
+    # task lm: char (one token per character) | bpe (byte-level BPE with vocab_size tokens, trained here
+    # on the training split) | gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base (tiktoken's
+    # encodings: from its cache, or from tokenizer_file; no download is needed when either is there)
+    tokenizer: str = "char"
+    # a tiktoken .tiktoken rank file for tokenizer gpt2 ... o200k_base (null: tiktoken's cache)
+    tokenizer_file: Optional[str] = None
     # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
     # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
     task: str = "lm"
@@ -181,6 +187,8 @@ LR_SCHEDULES = ("cosine", "noam", "wsd")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu2")
 OPTIMIZERS = ("adamw", "muon")
+TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
+TOKENIZERS = ("char", "bpe", *TIKTOKEN_ENCODINGS)
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_MAX = 2**63 - 1
@@ -435,6 +443,14 @@ def validate(cfg: Config) -> None:
     need(m.norm_placement in NORM_PLACEMENTS, "norm_placement", m.norm_placement,
          f"choose one of: {', '.join(NORM_PLACEMENTS)}")
     need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
+    need(d.tokenizer in TOKENIZERS, "tokenizer", d.tokenizer, f"choose one of: {', '.join(TOKENIZERS)}")
+    need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
+         f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
+    need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
+         "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
+         "e.g. --vocab_size=1024")
+    need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
+         f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
     need(m.norm in NORMS, "norm", m.norm, f"choose one of: {', '.join(NORMS)}")
     need(m.activation in ACTIVATIONS, "activation", m.activation, f"choose one of: {', '.join(ACTIVATIONS)}")
     need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")

@@ -18,6 +18,7 @@ import signal
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ KNOWN_CORPORA = {
     "tinyshakespeare": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
 }
 OFFLINE_CORPUS_DIR = "python_docs"  # written beside the missing corpus's directory
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the tokenizer's state and val_chars in meta.json
 
 
 class DataError(ValueError):
@@ -118,13 +119,12 @@ def split_point(n: int, val_fraction: float) -> int:
     return int(n * (1.0 - val_fraction))
 
 
-def check_lengths(path, n: int, n_train: int, block_size: int) -> None:
+def check_lengths(path, n_train: int, n_val: int, block_size: int) -> None:
     need = block_size + 1
-    n_val = n - n_train
     if n_train < need or n_val < need:
         raise DataError(
-            f"corpus {str(path)!r} is too short: {n} characters give a training split of {n_train} and a "
-            f"validation split of {n_val}, but one window needs block_size + 1 = {need} characters in each; "
+            f"corpus {str(path)!r} is too short: it gives a training split of {n_train} tokens and a "
+            f"validation split of {n_val}, but one window needs block_size + 1 = {need} tokens in each; "
             f"use a longer corpus or a smaller block_size"
         )
 
@@ -133,16 +133,21 @@ def check_lengths(path, n: int, n_train: int, block_size: int) -> None:
 class Corpus:
     train: np.ndarray  # token ids of the training split (memory-mapped)
     val: np.ndarray  # token ids of the validation split (memory-mapped)
-    tokenizer: CharTokenizer
+    tokenizer: object  # lm.tokenizer: CharTokenizer, or lm.bpe's BpeTokenizer / TiktokenTokenizer
     path: Path  # the corpus file
     reused_cache: bool  # True when the id cache from an earlier run was used
+    val_chars: int  # characters of the validation split (bits per character = nats per token x tokens / chars)
 
 
 def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float, block_size: int,
-                   tokenizer: CharTokenizer | None = None) -> Corpus:
+                   tokenizer=None, make: Callable[[str, int], object] | None = None,
+                   spec: dict | None = None) -> Corpus:
     """Encode ``path`` into ``cache_dir``/{train,val}.bin (or reuse them) and memory-map them.
 
-    ``tokenizer`` fixes the vocabulary (when resuming); by default it is built from the corpus.
+    The text is split by characters (the last val_fraction is validation) and each split encoded on its
+    own. ``tokenizer`` fixes the vocabulary (when resuming); otherwise ``make(text, n_train)`` builds it
+    (default: a CharTokenizer of the corpus's characters), and ``spec`` (plain values naming the
+    tokenizer asked for) decides whether an existing cache was made the same way.
     """
     path = Path(path)
     cache_dir = Path(cache_dir)
@@ -155,6 +160,7 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
         "mtime_ns": stat.st_mtime_ns,
         "val_fraction": val_fraction,
     }
+    spec = spec or {"tokenizer": "char"}
     meta_path = cache_dir / "meta.json"
     meta = None
     if meta_path.exists():
@@ -165,32 +171,33 @@ def prepare_corpus(path: str | Path, cache_dir: str | Path, val_fraction: float,
     reuse = (
         meta is not None
         and meta.get("fingerprint") == fingerprint
-        and (tokenizer is None or meta.get("chars") == tokenizer.chars)
+        and (meta.get("tokenizer") == tokenizer.state() if tokenizer is not None else meta.get("spec") == spec)
         and (cache_dir / "train.bin").exists()
         and (cache_dir / "val.bin").exists()
     )
     if reuse:
-        tok = tokenizer or CharTokenizer(meta["chars"])
-        n = meta["n_train"] + meta["n_val"]
-        check_lengths(path, n, meta["n_train"], block_size)
+        from .tokenizer import tokenizer_from_state
+
+        tok = tokenizer or tokenizer_from_state(meta["tokenizer"])
     else:
         text = read_corpus(path)
         n_train = split_point(len(text), val_fraction)
-        check_lengths(path, len(text), n_train, block_size)
-        tok = tokenizer or CharTokenizer.from_text(text)
+        tok = tokenizer or (make or (lambda t, n: CharTokenizer.from_text(t)))(text, n_train)
         try:
-            ids = tok.encode(text)
+            parts = {"train": tok.encode(text[:n_train]), "val": tok.encode(text[n_train:])}
         except ValueError as e:
             raise DataError(f"corpus {str(path)!r} does not fit the checkpoint's vocabulary: {e}") from None
-        for name, part in (("train", ids[:n_train]), ("val", ids[n_train:])):
+        check_lengths(path, len(parts["train"]), len(parts["val"]), block_size)
+        for name, part in parts.items():
             write_atomic(cache_dir / f"{name}.bin", part.tofile)
-        meta = {"fingerprint": fingerprint, "chars": tok.chars, "dtype": tok.dtype.name,
-                "n_train": int(n_train), "n_val": int(len(text) - n_train)}
+        meta = {"fingerprint": fingerprint, "spec": spec, "tokenizer": tok.state(), "dtype": tok.dtype.name,
+                "n_train": len(parts["train"]), "n_val": len(parts["val"]), "val_chars": len(text) - n_train}
         write_text_atomic(meta_path, json.dumps(meta, ensure_ascii=False))  # last: it vouches for the .bin files
+    check_lengths(path, meta["n_train"], meta["n_val"], block_size)
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r")
     val = np.memmap(cache_dir / "val.bin", dtype=dtype, mode="r")
-    return Corpus(train, val, tok, path, reuse)
+    return Corpus(train, val, tok, path, reuse, meta["val_chars"])
 
 
 def seeded_generator(*key: int) -> torch.Generator:

@@ -27,7 +27,7 @@ from .nn import GPT, EncoderDecoder
 from .nn.models import token_loss
 from .padding import pad_sequences
 from .tasks import BOS, EOS, PAD, Task, make_task, task_from_state
-from .tokenizer import CharTokenizer
+from .tokenizer import make_tokenizer, tokenizer_from_state
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
 TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM = range(5)
@@ -40,12 +40,13 @@ def make_model(cfg: Config) -> nn.Module:
 
 def vocab_from_state(state: dict):
     """The tokenizer (lm) or task (seq2seq) saved in a checkpoint."""
-    return task_from_state(state) if state.get("kind") == "task" else CharTokenizer.from_state(state)
+    return task_from_state(state) if state.get("kind") == "task" else tokenizer_from_state(state)
 
 
-def bits_per_char(loss_nats: float) -> float:
-    """For a character-level model the loss per token is per character: bpc = loss / ln 2."""
-    return loss_nats / math.log(2)
+def bits_per_char(loss_nats: float, tokens_per_char: float = 1.0) -> float:
+    """Bits per character from a loss in nats per token: bpc = loss x (tokens / characters) / ln 2. For a
+    character-level model tokens are characters; with BPE, comparing bpc compares tokenizers fairly."""
+    return loss_nats * tokens_per_char / math.log(2)
 
 
 # ----------------------------------------------------------------------------- language modelling
@@ -58,10 +59,27 @@ class LanguageModelJob:
         source = obtain_corpus(cfg.data.data_path)
         if source.note:
             emit({"event": "corpus_note", "note": source.note})
-        tokenizer = CharTokenizer.from_state(saved["tokenizer"]) if saved else None
-        self.corpus = prepare_corpus(source.path, out_dir / "data", cfg.data.val_fraction, cfg.model.block_size,
-                                     tokenizer)
+        d, m = cfg.data, cfg.model
+        tokenizer = tokenizer_from_state(saved["tokenizer"]) if saved else None
+        # what a fresh run asks for: char, bpe of vocab_size tokens (learned from the training split), or
+        # a tiktoken encoding
+        spec = {"tokenizer": d.tokenizer, **({"vocab_size": m.vocab_size} if d.tokenizer == "bpe" else {}),
+                **({"file": d.tokenizer_file} if d.tokenizer_file else {})}
+
+        def make(text: str, n_train: int):
+            if d.tokenizer == "bpe":
+                emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens "
+                                                       f"from the training split ({n_train:,} characters)"})
+            try:
+                return make_tokenizer(d.tokenizer, text if d.tokenizer == "char" else text[:n_train],
+                                      m.vocab_size, d.tokenizer_file)
+            except ValueError as e:  # e.g. a tiktoken encoding that is not available offline
+                raise ConfigError(f"tokenizer: {e}") from None
+
+        self.corpus = prepare_corpus(source.path, out_dir / "data", d.val_fraction, m.block_size, tokenizer,
+                                     make, spec)
         self.vocab = self.corpus.tokenizer
+        self.tokens_per_char = len(self.corpus.val) / self.corpus.val_chars  # of the validation split
         emit({"event": "data", "path": str(self.corpus.path), "vocab_size": self.vocab.vocab_size,
               "train_tokens": len(self.corpus.train), "val_tokens": len(self.corpus.val),
               "reused_cache": self.corpus.reused_cache})
@@ -100,7 +118,8 @@ class LanguageModelJob:
             totals.append(total)
         model.train()
         train_loss, val_loss = (x / c.train.eval_iters for x in world.sum(totals, device))
-        return {"val_loss": val_loss, "val_bpc": bits_per_char(val_loss), "eval_train_loss": train_loss}
+        return {"val_loss": val_loss, "val_bpc": bits_per_char(val_loss, self.tokens_per_char),
+                "eval_train_loss": train_loss}
 
     @torch.no_grad()
     def final(self, model, device, dtype, world: World = World()) -> dict:
@@ -119,7 +138,7 @@ class LanguageModelJob:
         model.train()
         total, count = world.sum([total, count], device)
         loss = total / count
-        return {"final_val_loss": loss, "final_val_bpc": bits_per_char(loss)}
+        return {"final_val_loss": loss, "final_val_bpc": bits_per_char(loss, self.tokens_per_char)}
 
 
 # ----------------------------------------------------------------------------- seq2seq tasks

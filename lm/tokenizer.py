@@ -1,4 +1,9 @@
-"""Tokenizers: text <-> integer ids, with a state of plain values for checkpoints."""
+"""Tokenizers: text <-> integer ids, with a state of plain values for checkpoints.
+
+By name (data.tokenizer): char (CharTokenizer, here), bpe (lm.bpe.BpeTokenizer, trained on the training
+split) and tiktoken's encodings (lm.bpe.TiktokenTokenizer). Every tokenizer has kind, vocab_size, dtype,
+encode(text) -> ids, decode(ids) -> text, token_bytes(id), state() and from_state(state).
+"""
 
 from __future__ import annotations
 
@@ -53,6 +58,10 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes of token i (one character)."""
+        return self.chars[int(i)].encode("utf-8")
+
     def state(self) -> dict:
         """Plain values only (a str), so checkpoints load with weights_only=True."""
         return {"kind": self.kind, "chars": self.chars}
@@ -62,3 +71,34 @@ class CharTokenizer:
         if state.get("kind") != cls.kind:
             raise ValueError(f"tokenizer kind {state.get('kind')!r} is not {cls.kind!r}")
         return cls(state["chars"])
+
+
+def make_tokenizer(name: str, text: str, vocab_size: int = 0, file: str | None = None, progress=None):
+    """The tokenizer named by data.tokenizer for a corpus whose training split is text: char (its
+    characters), bpe (vocab_size tokens learned from it; progress(done, total) reports the merges) or a
+    tiktoken encoding (gpt2, cl100k_base, ...: from tiktoken's cache or file)."""
+    from .config import TOKENIZERS
+
+    if name == "char":
+        return CharTokenizer.from_text(text)
+    from . import bpe  # tiktoken loads only when a BPE tokenizer is used
+
+    if name == "bpe":
+        return bpe.BpeTokenizer.from_text(text, vocab_size, progress)
+    if name in TOKENIZERS:
+        return bpe.TiktokenTokenizer.from_name(name, file)
+    raise ValueError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}")
+
+
+def tokenizer_from_state(state: dict):
+    """The tokenizer a checkpoint (or token cache) saved with state()."""
+    kind = state.get("kind")
+    if kind == "char":
+        return CharTokenizer.from_state(state)
+    from . import bpe
+
+    if kind == "bpe":
+        return bpe.BpeTokenizer.from_state(state)
+    if kind == "tiktoken":
+        return bpe.TiktokenTokenizer.from_state(state)
+    raise ValueError(f"unknown tokenizer kind {kind!r} in the saved state (char, bpe or tiktoken)")

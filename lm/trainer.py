@@ -252,6 +252,10 @@ def resume_point(resume: bool | str | Path | ResumePoint, out_dir: Path) -> Resu
 def _describe_vocab(state: dict) -> str:
     if state.get("kind") == "char":
         return f"{len(state['chars'])} characters"
+    if state.get("kind") == "bpe":
+        return f"a byte-level BPE of {256 + len(state['merges'])} tokens"
+    if state.get("kind") == "tiktoken":
+        return f"tiktoken's {state['name']}"
     return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
 
 
@@ -264,6 +268,10 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
     if saved and saved["tokenizer"] != job.vocab.state():
         raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
                           f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
+    if cfg.data.task == "lm" and cfg.data.tokenizer == "bpe" and job.vocab.vocab_size != cfg.model.vocab_size:
+        raise ConfigError(f"vocab_size: the training split has only enough distinct byte pairs for a BPE of "
+                          f"{job.vocab.vocab_size} tokens, not {cfg.model.vocab_size}; use a smaller vocab_size "
+                          f"or a longer corpus")
     if cfg.model.vocab_size not in (0, job.vocab.vocab_size):
         raise ConfigError(f"vocab_size: {cfg.model.vocab_size} does not match the data's {job.vocab.vocab_size} "
                           f"symbols; leave it at 0 to take it from the data")
