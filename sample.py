@@ -43,7 +43,7 @@ def parse_args(argv):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="text to continue (default: a newline)")
     src.add_argument("--prompt_file", default=None, help="read the prompt from this UTF-8 file")
-    p.add_argument("--max_new_tokens", type=int, default=500, help="characters to generate per sample")
+    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate per sample")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
     p.add_argument("--top_k", type=int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top_p", type=float, default=None, help="sample only within the nucleus of mass p, in (0, 1]")
@@ -68,7 +68,7 @@ def read_prompt(args) -> str:
 
 
 def sample_text(args, model, tokenizer, cfg, device) -> int:
-    """Language model: continue the prompt, streaming each character as it comes."""
+    """Language model: continue the prompt, streaming each token (its bytes, decoded as UTF-8) as it comes."""
     if args.input is not None:
         raise ValueError(f"--input is for seq2seq task checkpoints; {args.checkpoint} is a language model: use --prompt")
     if args.num_samples < 1:

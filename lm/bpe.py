@@ -180,11 +180,14 @@ class _TiktokenBacked:
         return data.decode("utf-8", errors="replace")
 
     def token_bytes(self, i: int) -> bytes:
-        """The bytes of token ``i``."""
+        """The bytes of token ``i``; empty for an id below vocab_size that names no token (tiktoken's
+        encodings leave a few gaps, e.g. cl100k_base 100261-100275, which a model may still sample)."""
+        if not (_is_int(i) and 0 <= i < self.vocab_size):
+            raise ValueError(f"no token {i!r} (vocab_size {self.vocab_size})")
         try:
             return self._enc.decode_single_token_bytes(int(i))
-        except (KeyError, OverflowError):
-            raise ValueError(f"no token {i!r} (vocab_size {self.vocab_size})") from None
+        except KeyError:
+            return b""
 
 
 def _check_merges(merges) -> list[tuple[int, int]]:

@@ -8,7 +8,7 @@ and every method below is then a no-op, so the training loop reads the same eith
 How the work is shared (lm.trainer): every optimizer step takes grad_accum micro-batches, numbered
 step * grad_accum + j as in a single process; rank r takes those with j = r, r + N, r + 2N, ... and
 DistributedDataParallel averages the gradients once per step, so N processes compute the same step as
-one, whatever N.
+one, whatever N (exactly so with dropout 0: every process draws its dropout masks from the same seed).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# how long a collective waits for a process that does not answer before it fails: a hung peer ends
-# the job instead of hanging it (a dead one is noticed at once: its connections close)
-TIMEOUT = datetime.timedelta(seconds=120)
+# how long a collective waits for a process that does not answer before it fails: a hung peer ends the
+# job instead of hanging it (a dead one is noticed at once: its connections close). Long enough for the
+# main process to prepare a large corpus while the others wait for it.
+TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,12 @@ class World:
             return cls()
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():
-            backend = "nccl" if device_type == "cuda" else "gloo"
+            # CUDA: NCCL for the gradients, gloo for the small host-side sums (World.sum on CPU tensors)
+            backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
             if device_type == "cuda":
+                if local_rank >= torch.cuda.device_count():
+                    raise RuntimeError(f"process {rank} (local rank {local_rank}) has no GPU of its own: this "
+                                       f"machine has {torch.cuda.device_count()}; use --nproc_per_node <= that")
                 torch.cuda.set_device(local_rank)
             dist.init_process_group(backend, timeout=TIMEOUT)
         return cls(rank, size, local_rank)

@@ -73,10 +73,10 @@ class CharTokenizer:
         return cls(state["chars"])
 
 
-def make_tokenizer(name: str, text: str, vocab_size: int = 0, file: str | None = None, progress=None):
-    """The tokenizer named by data.tokenizer for a corpus whose training split is text: char (its
-    characters), bpe (vocab_size tokens learned from it; progress(done, total) reports the merges) or a
-    tiktoken encoding (gpt2, cl100k_base, ...: from tiktoken's cache or file)."""
+def make_tokenizer(name: str, text: str, vocab_size: int = 0, file: str | None = None):
+    """The tokenizer named by data.tokenizer, built from text: char (its characters), bpe (vocab_size
+    tokens learned from it; the caller passes the training split) or a tiktoken encoding (gpt2,
+    cl100k_base, ...: from tiktoken's cache or file; text is not needed)."""
     from .config import TOKENIZERS
 
     if name == "char":
@@ -84,7 +84,7 @@ def make_tokenizer(name: str, text: str, vocab_size: int = 0, file: str | None =
     from . import bpe  # tiktoken loads only when a BPE tokenizer is used
 
     if name == "bpe":
-        return bpe.BpeTokenizer.from_text(text, vocab_size, progress)
+        return bpe.BpeTokenizer.from_text(text, vocab_size)
     if name in TOKENIZERS:
         return bpe.TiktokenTokenizer.from_name(name, file)
     raise ValueError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}")

@@ -210,8 +210,8 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, 
 # model settings that may change on resume: dropout is not part of the weights' shape, and the
 # vocabulary (vocab_size) is compared separately, against the data
 _RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
-# training settings whose state lives in the checkpoint in a form another value cannot read
-_FIXED_TRAIN_KEYS = ("train.optimizer",)
+# settings whose state lives in the checkpoint in a form another value cannot read
+_FIXED_TRAIN_KEYS = ("train.optimizer", "data.tokenizer")
 # what a checkpoint written before a setting existed did, where that differs from today's default
 _BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
 
@@ -268,7 +268,7 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
     if saved and saved["tokenizer"] != job.vocab.state():
         raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
                           f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
-    if cfg.data.task == "lm" and cfg.data.tokenizer == "bpe" and job.vocab.vocab_size != cfg.model.vocab_size:
+    if not saved and job.vocab.kind == "bpe" and job.vocab.vocab_size != cfg.model.vocab_size:
         raise ConfigError(f"vocab_size: the training split has only enough distinct byte pairs for a BPE of "
                           f"{job.vocab.vocab_size} tokens, not {cfg.model.vocab_size}; use a smaller vocab_size "
                           f"or a longer corpus")
@@ -421,7 +421,7 @@ def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
 
     With N processes (lm.distributed), each runs grad_accum / N of the step's micro-batches (batches
     yields this process's share) and the gradients are averaged across processes once, on the last one:
-    the step is the one a single process would take. The loss and token count are summed over them.
+    the step is the one a single process would take. The step's loss is averaged over them, its tokens summed.
 
     Raises TrainingError, before the weights change, when the loss or the gradients' norm is not finite.
     """

@@ -356,6 +356,10 @@ def test_train_with_bpe_samples_from_the_checkpoint_alone_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "reused token cache" in done.stdout
     assert load_checkpoint(out / "last.pt")["tokenizer"] == state
+    # another tokenizer cannot continue this run
+    done = cli("train.py", *tiny(corpus, out, "--max_iters=8", "--resume", "--tokenizer=char"))
+    assert done.returncode == 2
+    assert "data.tokenizer: checkpoint has 'bpe', config has 'char'" in done.stderr
 
 
 def test_bpe_settings_are_checked(tmp_path):
@@ -376,7 +380,9 @@ def test_an_unavailable_tiktoken_encoding_is_a_clear_error_in_train_py(tmp_path)
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(_offline_text()[:20_000], encoding="utf-8")
-    env = {**__import__("os").environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache")}
+    dead_proxy = "http://127.0.0.1:9"  # no download even where the network is reachable
+    env = {**__import__("os").environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"),
+           "HTTPS_PROXY": dead_proxy, "HTTP_PROXY": dead_proxy, "https_proxy": dead_proxy, "http_proxy": dead_proxy}
     done = cli("train.py", *tiny(corpus, tmp_path / "run", "--tokenizer=gpt2"), env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "gpt2" in done.stderr and "TIKTOKEN_CACHE_DIR" in done.stderr
