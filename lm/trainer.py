@@ -268,7 +268,8 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
     if saved and saved["tokenizer"] != job.vocab.state():
         raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
                           f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
-    if not saved and job.vocab.kind == "bpe" and job.vocab.vocab_size != cfg.model.vocab_size:
+    learned_bpe = not saved and cfg.data.task == "lm" and cfg.data.tokenizer == "bpe"
+    if learned_bpe and job.vocab.vocab_size != cfg.model.vocab_size:
         raise ConfigError(f"vocab_size: the training split has only enough distinct byte pairs for a BPE of "
                           f"{job.vocab.vocab_size} tokens, not {cfg.model.vocab_size}; use a smaller vocab_size "
                           f"or a longer corpus")

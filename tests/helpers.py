@@ -49,13 +49,15 @@ def checkpoints(directory):
     return {k: v for k, v in snapshot(directory).items() if k.suffix == ".pt"}
 
 
-def wait_for(predicate, proc, what, limit=90.0):
+def wait_for(predicate, proc, what, limit=90.0, kill=None):
+    """Poll predicate until it holds; fail if proc ends first or limit seconds pass (then kill(), by
+    default proc.kill(), ends it)."""
     deadline = time.monotonic() + limit
     while not predicate():
         if proc.poll() is not None:
             raise AssertionError(f"the run ended (code {proc.returncode}) before {what}: {proc.stderr.read()}")
         if time.monotonic() > deadline:
-            proc.kill()
+            (kill or proc.kill)()
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.002)
 

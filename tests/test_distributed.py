@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import cli, losses, metrics, tiny
+from helpers import cli, losses, metrics, tiny, wait_for
 from lm.checkpoint import load as load_checkpoint
 
 TIMEOUT = 240
@@ -114,22 +114,12 @@ def _started(out):
     return (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1
 
 
-def _wait(predicate, proc, what, limit=120.0):
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if proc.poll() is not None:
-            raise AssertionError(f"torchrun ended (code {proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_a_killed_process_ends_the_whole_job_with_an_error(small_corpus, tmp_path):
     out = tmp_path / "run"
     proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
     try:
-        _wait(lambda: _started(out), proc, "the first metrics line")
+        wait_for(lambda: _started(out), proc, "the first metrics line", 120,
+                 kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
         workers = _workers(proc.pid)
         assert set(workers) == {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
@@ -147,7 +137,8 @@ def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path
     out = tmp_path / "run"
     proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
     try:
-        _wait(lambda: _started(out), proc, "the first metrics line")
+        wait_for(lambda: _started(out), proc, "the first metrics line", 120,
+                 kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
         proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to every process
         _, err = proc.communicate(timeout=90)
     finally:
