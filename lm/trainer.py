@@ -211,7 +211,7 @@ def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, 
 # vocabulary (vocab_size) is compared separately, against the data
 _RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
 # settings whose state lives in the checkpoint in a form another value cannot read
-_FIXED_TRAIN_KEYS = ("train.optimizer", "data.tokenizer")
+_FIXED_KEYS = ("train.optimizer", "data.tokenizer")
 # what a checkpoint written before a setting existed did, where that differs from today's default
 _BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
 
@@ -233,7 +233,7 @@ def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, obj
     then (a checkpoint without optimizer was trained with AdamW)."""
     changes = _changed(_complete(saved), cfg.to_dict())
     shape = [(k, a, b) for k, a, b in changes
-             if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_TRAIN_KEYS]
+             if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_KEYS]
     if shape:
         lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in shape)
         raise ConfigError(f"cannot resume: the model differs from the checkpoint's ({lines})")

@@ -5,6 +5,7 @@ N processes train the same model as one (same per-step losses and final weights)
 records world_size, a killed process ends the job with an error, SIGTERM checkpoints once, and
 checkpoints resume across process counts."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -23,18 +24,32 @@ TIMEOUT = 240
 SAME_MODEL = ["--dtype=float32", "--optimizer=adamw", "--dropout=0.0", "--grad_accum=2", "--eval_interval=2"]
 
 
-def torchrun(nproc, *args, **kwargs):
+def torchrun_command(nproc, *args):
     """train.py under torchrun with nproc processes on this machine."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "train.py"), *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT, **kwargs)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(ROOT / "train.py"), *map(str, args)]
 
 
-def torchrun_popen(nproc, *args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(ROOT / "train.py"), *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+def torchrun(nproc, *args, **kwargs):
+    return subprocess.run(torchrun_command(nproc, *args), capture_output=True, text=True, timeout=TIMEOUT,
+                          cwd=ROOT, **kwargs)
+
+
+@contextlib.contextmanager
+def long_run(corpus, out):
+    """A 2-process torchrun job (in a session of its own) that trains until stopped; yields it once it has
+    logged its first step, and ends the whole session if the test leaves it running."""
+    proc = subprocess.Popen(torchrun_command(2, *tiny(corpus, out, "--max_iters=100000", "--eval_interval=1000000",
+                                                       "--grad_accum=2")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             start_new_session=True)
+    try:
+        wait_for(lambda: (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1, proc,
+                 "the first metrics line", 120, kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def assert_same_losses(a, b):
@@ -110,40 +125,22 @@ def _workers(parent_pid):
     return found
 
 
-def _started(out):
-    return (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1
-
-
 def test_a_killed_process_ends_the_whole_job_with_an_error(small_corpus, tmp_path):
-    out = tmp_path / "run"
-    proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
-    try:
-        wait_for(lambda: _started(out), proc, "the first metrics line", 120,
-                 kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
+    with long_run(small_corpus, tmp_path / "run") as proc:
         workers = _workers(proc.pid)
         assert set(workers) == {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
         killed = time.monotonic()
-        proc.wait(timeout=90)
+        proc.communicate(timeout=90)
         assert proc.returncode != 0
         assert time.monotonic() - killed < 90  # bounded: never a hang
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
 
 
 def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path):
     out = tmp_path / "run"
-    proc = torchrun_popen(2, *tiny(small_corpus, out, "--max_iters=100000", "--eval_interval=1000000", "--grad_accum=2"))
-    try:
-        wait_for(lambda: _started(out), proc, "the first metrics line", 120,
-                 kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
+    with long_run(small_corpus, out) as proc:
         proc.send_signal(signal.SIGTERM)  # to torchrun, which passes it to every process
         _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0
     assert err.count("interrupted: stopped at step") == 1, err  # said once, by the main process
     ckpt = load_checkpoint(out / "last.pt")
@@ -180,3 +177,14 @@ def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
                 node.kill()
     assert_same_losses(losses(two), losses(one))
     assert all(r["world_size"] == 2 for r in metrics(two))
+
+
+def test_compile_with_two_processes_keeps_the_losses(small_corpus, tmp_path):
+    """torch.compile over DistributedDataParallel, with no_sync on 1 of each process's 2 micro-batches."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    same = [*SAME_MODEL[:-2], "--grad_accum=4", "--eval_interval=2", "--max_iters=4"]
+    assert cli("train.py", *tiny(small_corpus, one, *same)).returncode == 0
+    done = torchrun(2, *tiny(small_corpus, two, *same, "--compile=true"))
+    assert done.returncode == 0, done.stderr
+    assert "torch.compile failed" not in done.stderr
+    assert_same_losses(losses(two), losses(one))
