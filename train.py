@@ -24,7 +24,7 @@ from tqdm import tqdm
 from lm import checkpoint, config
 from lm.checkpoint import CheckpointError, ResumePoint
 from lm.config import ConfigError
-from lm.data import DataError
+from lm.corpus import DataError
 from lm.rundir import OutputError, RunDirError
 from lm.trainer import Interrupted, TrainingError, train
 
@@ -162,12 +162,55 @@ class PlainProgress:
               f"{spent:.0f} s elapsed, ~{left:.0f} s left", file=self.stream, flush=True)
 
 
+class StageProgress:
+    """Progress of one stage of preparing a corpus (scan, bpe, encode): a bar on a terminal; otherwise, once
+    the stage has run `quiet` seconds, a plain line at each tenth (at most one every `quiet` seconds), at
+    least every `every` seconds, and at its end."""
+
+    STAGES = {"scan": ("reading and checking", "B"), "bpe": ("learning the BPE", "merges"),
+              "encode": ("encoding", "B")}
+
+    def __init__(self, stage: str, total: int, stream=sys.stderr, every: float = 30.0, quiet: float = 5.0):
+        self.what, self.unit = self.STAGES.get(stage, (stage, "it"))
+        self.total, self.stream, self.every, self.quiet = total, stream, every, quiet
+        self.bar = (tqdm(total=total, desc=f"data: {self.what}", unit=self.unit, unit_scale=self.unit == "B",
+                         unit_divisor=1024, dynamic_ncols=True, mininterval=0.5, file=stream)
+                    if stream.isatty() else None)
+        self.done, self.t0, self.last_time, self.last_tenth, self.printed = 0, time.monotonic(), None, 0, False
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+            self.done = done
+            return
+        self.done, now = done, time.monotonic()
+        since = now - (self.last_time or self.t0)
+        tenth = 10 * done // max(1, self.total)
+        if done >= self.total:
+            if not self.printed:
+                return
+        elif not (since >= self.every or (tenth != self.last_tenth and since >= self.quiet)):
+            return
+        self.last_time, self.last_tenth, self.printed = now, tenth, True
+        spent = now - self.t0
+        left = f", ~{spent / done * (self.total - done):.0f} s left" if 0 < done < self.total else ""
+        amount = (f"{done / 2**20:,.1f} / {self.total / 2**20:,.1f} MiB" if self.unit == "B"
+                  else f"{done:,} / {self.total:,} {self.unit}")
+        print(f"data: {self.what} {amount} ({100 * done / max(1, self.total):.0f}%), {spent:.0f} s elapsed{left}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 class Console:
     """Turns the trainer's events into progress (a bar on a terminal, plain lines otherwise) and readable lines."""
 
     def __init__(self, stream=sys.stderr):
         self.stream = stream
         self.bar = None  # tqdm on a terminal, PlainProgress otherwise
+        self.stage = None  # (name, StageProgress) of the corpus preparation under way
 
     def __call__(self, e: dict) -> None:
         kind = e["event"]
@@ -184,11 +227,19 @@ class Console:
             long = f", longer lengths {e['long_lengths'][0]}-{e['long_lengths'][1]}" if e["long_lengths"] else ""
             print(f"task: {e['task']} (vocab {e['vocab_size']}), training lengths {e['lengths'][0]}-{e['lengths'][1]}, "
                   f"held-out sets of {e['held_out']} examples{long}")
+        elif kind == "prepare":
+            if self.stage is None or self.stage[0] != e["stage"]:
+                self.close_stage()
+                self.stage = (e["stage"], StageProgress(e["stage"], e["total"], self.stream))
+            self.stage[1].update(e["done"])
         elif kind == "tokenizer":
+            self.close_stage()
             print(f"tokenizer: {e['message']}", flush=True)
         elif kind == "data":
+            self.close_stage()
             cache = "reused token cache" if e["reused_cache"] else "encoded"
-            print(f"data: {e['path']} ({cache}): vocab {e['vocab_size']}, "
+            files = f"{e['files']:,} files, " if e["files"] > 1 else ""
+            print(f"data: {e['path']} ({files}{cache}): vocab {e['vocab_size']}, "
                   f"{e['train_tokens']:,} train / {e['val_tokens']:,} val tokens")
         elif kind == "start":
             t = e["config"]["train"]
@@ -222,7 +273,13 @@ class Console:
                   f"training; best eval val loss {e['best_val_loss']:.4f}")
             print(f"checkpoints, metrics.jsonl and loss.png in {e['out_dir']}")
 
+    def close_stage(self):
+        if self.stage is not None:
+            self.stage[1].close()
+        self.stage = None
+
     def close(self):
+        self.close_stage()
         if isinstance(self.bar, tqdm):
             self.bar.close()
         self.bar = None

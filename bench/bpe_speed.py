@@ -35,7 +35,7 @@ def main() -> None:
     elif SHAKESPEARE.is_file():
         name, text = str(SHAKESPEARE), SHAKESPEARE.read_text(encoding="utf-8")
     else:
-        from lm.data import _offline_text
+        from lm.corpus import _offline_text
 
         name, text = "the offline corpus (Python's documentation)", _offline_text()
     sample = text[: args.chars]

@@ -18,7 +18,7 @@ import os
 import tempfile
 import types
 from collections import Counter, defaultdict
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import regex
@@ -45,9 +45,10 @@ def _dtype_for(vocab_size: int) -> np.dtype:
 # training
 
 
-def train_bpe(text: str, vocab_size: int,
+def train_bpe(text: str | Iterable[str], vocab_size: int,
               progress: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
-    """Learn byte-level BPE merges from ``text`` until there are ``vocab_size`` tokens.
+    """Learn byte-level BPE merges from ``text`` (a str, or pieces of text split apart) until there
+    are ``vocab_size`` tokens.
 
     Returns ``merges``: merge ``i`` makes token ``256 + i`` from the pair ``(left_id, right_id)``.
     Each step merges the most frequent adjacent pair (ties: the smallest pair, so the result is
@@ -69,7 +70,10 @@ def train_bpe(text: str, vocab_size: int,
     # distinct pieces (as lists of token ids) and how often each occurs; single bytes have no pairs
     words: list[list[int]] = []
     freqs: list[int] = []
-    for piece, freq in Counter(regex.findall(PATTERN, text)).items():
+    pieces: Counter[str] = Counter()
+    for part in [text] if isinstance(text, str) else text:
+        pieces.update(regex.findall(PATTERN, part))
+    for piece, freq in pieces.items():
         ids = list(piece.encode("utf-8"))
         if len(ids) > 1:
             words.append(ids)
@@ -239,7 +243,7 @@ class BpeTokenizer(_TiktokenBacked):
             raise ValueError(f"BPE pattern {pattern!r} is not usable: {e}") from None
 
     @classmethod
-    def from_text(cls, text: str, vocab_size: int,
+    def from_text(cls, text: str | Iterable[str], vocab_size: int,
                   progress: Callable[[int, int], None] | None = None) -> "BpeTokenizer":
         """Train on ``text`` (see ``train_bpe``)."""
         return cls(train_bpe(text, vocab_size, progress))

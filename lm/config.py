@@ -29,8 +29,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    # UTF-8 text file to train on. A missing ".../tinyshakespeare/input.txt" is
-    # downloaded, or replaced by an offline corpus when there is no network.
+    # what to train on: a UTF-8 text file, a directory (every file beneath it, in path order) or a
+    # glob pattern ("shards/*.txt", "corpus/**/*.txt"). A missing ".../tinyshakespeare/input.txt"
+    # is downloaded, or replaced by an offline corpus when there is no network.
     data_path: str = "data/tinyshakespeare/input.txt"
     # fraction of the corpus (its end) held out for validation
     val_fraction: float = 0.1
@@ -42,6 +43,9 @@ class DataConfig:
     tokenizer: str = "char"
     # a tiktoken .tiktoken rank file for tokenizer gpt2 ... o200k_base (null: tiktoken's cache)
     tokenizer_file: Optional[str] = None
+    # tokenizer bpe: characters of the training split it is learned from (the whole split when shorter,
+    # else evenly spaced pieces of it); bounds the time and memory of learning on a large corpus
+    tokenizer_sample: int = 10_000_000
     # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
     # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
     task: str = "lm"
@@ -394,7 +398,9 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
 
-    need(bool(d.data_path.strip()), "data_path", d.data_path, "give the path of a UTF-8 text file")
+    need(bool(d.data_path.strip()), "data_path", d.data_path,
+         "give a UTF-8 text file, a directory of them or a glob pattern")
+    need(d.tokenizer_sample > 0, "tokenizer_sample", d.tokenizer_sample, "it must be a positive number of characters")
     need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
     need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
     need(d.task in TASKS, "task", d.task, f"choose one of: {', '.join(TASKS)}")

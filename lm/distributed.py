@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 # how long a collective waits for a process that does not answer before it fails: a hung peer ends the
 # job instead of hanging it (a dead one is noticed at once: its connections close). Long enough for the
-# main process to prepare a large corpus while the others wait for it.
+# main process to write a large checkpoint while the others wait; while it prepares a corpus, it sends
+# heartbeats (lm.trainer._prepare_data), so that may take longer.
 TIMEOUT = datetime.timedelta(minutes=30)
 
 

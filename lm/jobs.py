@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError
-from .data import batch_iterator, obtain_corpus, prepare_corpus, seeded_generator, sequential_windows, window_batch
+from .corpus import PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
+from .data import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
 from .generate import greedy_decode
@@ -54,33 +55,45 @@ def bits_per_char(loss_nats: float, tokens_per_char: float = 1.0) -> float:
 class LanguageModelJob:
     """Next-character prediction on a text corpus (first 90% train, last 10% validation)."""
 
-    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
+                 should_stop: Callable[[], bool] = lambda: False):
         self.cfg = cfg
         source = obtain_corpus(cfg.data.data_path)
         if source.note:
             emit({"event": "corpus_note", "note": source.note})
         d, m = cfg.data, cfg.model
         tokenizer = tokenizer_from_state(saved["tokenizer"]) if saved else None
-        # what a fresh run asks for: char, bpe of vocab_size tokens (learned from the training split), or
-        # a tiktoken encoding
-        spec = {"tokenizer": d.tokenizer, **({"vocab_size": m.vocab_size} if d.tokenizer == "bpe" else {}),
+        # what a fresh run asks for: char, bpe of vocab_size tokens (learned from a sample of the training
+        # split), or a tiktoken encoding
+        spec = {"tokenizer": d.tokenizer,
+                **({"vocab_size": m.vocab_size, "sample": d.tokenizer_sample} if d.tokenizer == "bpe" else {}),
                 **({"file": d.tokenizer_file} if d.tokenizer_file else {})}
 
-        def make(text: str, n_train: int):
+        def progress(event: dict) -> None:
+            """Long preparation shows progress, and stops on request (Ctrl-C, SIGTERM) without a trace."""
+            emit({"event": "prepare", **event})
+            if should_stop():
+                raise PreparationStopped
+
+        def make(text: TokenizerSource):
             if d.tokenizer == "bpe":
-                emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens "
-                                                       f"from the training split ({n_train:,} characters)"})
+                sample = text.sample(d.tokenizer_sample)
+                emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens from "
+                                                       f"{sum(map(len, sample)):,} characters of the training split "
+                                                       f"({text.n_train:,})"})
+                return make_tokenizer("bpe", sample, m.vocab_size,
+                                      progress=lambda done, total: progress({"stage": "bpe", "done": done,
+                                                                             "total": total}))
             try:
-                return make_tokenizer(d.tokenizer, text if d.tokenizer == "char" else text[:n_train],
-                                      m.vocab_size, d.tokenizer_file)
+                return make_tokenizer(d.tokenizer, text.chars, m.vocab_size, d.tokenizer_file)
             except ValueError as e:  # e.g. a tiktoken encoding that is not available offline
                 raise ConfigError(f"tokenizer: {e}") from None
 
-        self.corpus = prepare_corpus(source.path, out_dir / "data", d.val_fraction, m.block_size, tokenizer,
-                                     make, spec)
+        self.corpus = prepare_corpus(source.files, out_dir / "data", d.val_fraction, m.block_size, tokenizer,
+                                     make, spec, progress)
         self.vocab = self.corpus.tokenizer
         self.tokens_per_char = len(self.corpus.val) / self.corpus.val_chars  # of the validation split
-        emit({"event": "data", "path": str(self.corpus.path), "vocab_size": self.vocab.vocab_size,
+        emit({"event": "data", "path": source.name, "files": len(source.files), "vocab_size": self.vocab.vocab_size,
               "train_tokens": len(self.corpus.train), "val_tokens": len(self.corpus.val),
               "reused_cache": self.corpus.reused_cache})
 
@@ -159,7 +172,8 @@ class Seq2SeqJob:
     """A generated task (copy, reverse, sort, add, grid) on an encoder-decoder: fresh examples every step,
     fixed held-out sets of the trained lengths and of longer ones."""
 
-    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
+                 should_stop: Callable[[], bool] = lambda: False):
         self.cfg = cfg
         d = cfg.data
         longest = max(d.max_len, d.eval_long_len)
@@ -258,7 +272,8 @@ class Seq2SeqJob:
         return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
 
 
-def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None]):
-    """The job for cfg.data.task."""
+def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
+             should_stop: Callable[[], bool] = lambda: False):
+    """The job for cfg.data.task. should_stop() is asked while a corpus is prepared (PreparationStopped)."""
     job = LanguageModelJob if cfg.data.task == "lm" else Seq2SeqJob
-    return job(cfg, saved, out_dir, emit)
+    return job(cfg, saved, out_dir, emit, should_stop)

@@ -7,6 +7,8 @@ encode(text) -> ids, decode(ids) -> text, token_bytes(id), state() and from_stat
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -24,8 +26,10 @@ class CharTokenizer:
             raise ValueError("vocabulary characters must be unique")
         self.chars = "".join(sorted(chars))
         self._stoi = {c: i for i, c in enumerate(self.chars)}
-        # code points in sorted order, for a vectorised encode
-        self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        # code point -> id (-1: not in the vocabulary), up to the largest code point, for a vectorised encode
+        codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
+        self._ids = np.full(int(codes.max()) + 1 if len(codes) else 1, -1, dtype=np.int32)
+        self._ids[codes] = np.arange(len(codes))
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -42,10 +46,9 @@ class CharTokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         """Text -> ids (numpy array). Raises UnknownCharactersError listing unseen characters."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
-        ids = np.searchsorted(self._codes, codes)
-        ids = np.minimum(ids, len(self._codes) - 1)
-        bad = self._codes[ids] != codes
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = self._ids[np.minimum(codes, len(self._ids) - 1)]
+        bad = (ids < 0) | (codes >= len(self._ids))
         if bad.any():
             unknown = sorted(set(chr(c) for c in codes[bad]))
             raise UnknownCharactersError(
@@ -73,18 +76,20 @@ class CharTokenizer:
         return cls(state["chars"])
 
 
-def make_tokenizer(name: str, text: str, vocab_size: int = 0, file: str | None = None):
-    """The tokenizer named by data.tokenizer, built from text: char (its characters), bpe (vocab_size
-    tokens learned from it; the caller passes the training split) or a tiktoken encoding (gpt2,
+def make_tokenizer(name: str, text: str | list[str], vocab_size: int = 0, file: str | None = None,
+                   progress: Callable[[int, int], None] | None = None):
+    """The tokenizer named by data.tokenizer, built from text (a str, or a list of pieces): char (its
+    characters), bpe (vocab_size tokens learned from it; the caller passes the training split or a
+    sample of it; progress(merges done, total) while learning) or a tiktoken encoding (gpt2,
     cl100k_base, ...: from tiktoken's cache or file; text is not needed)."""
     from .config import TOKENIZERS
 
     if name == "char":
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text(text if isinstance(text, str) else "".join(text))
     from . import bpe  # tiktoken loads only when a BPE tokenizer is used
 
     if name == "bpe":
-        return bpe.BpeTokenizer.from_text(text, vocab_size)
+        return bpe.BpeTokenizer.from_text(text, vocab_size, progress)
     if name in TOKENIZERS:
         return bpe.TiktokenTokenizer.from_name(name, file)
     raise ValueError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}")

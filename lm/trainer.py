@@ -26,6 +26,7 @@ from .config import Config, ConfigError
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
+from .corpus import PreparationStopped
 from .jobs import make_job, make_model
 from .optim import make_optimizer
 from .rundir import OutputError, RunLock, write_failure
@@ -214,6 +215,8 @@ _RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
 _FIXED_KEYS = ("train.optimizer", "data.tokenizer")
 # what a checkpoint written before a setting existed did, where that differs from today's default
 _BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
+# seconds between the main process's heartbeats to the others while it prepares the data
+HEARTBEAT_S = 60.0
 
 
 def _complete(saved: dict) -> dict:
@@ -259,10 +262,12 @@ def _describe_vocab(state: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
 
 
-def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event):
-    """The job (data or task) for cfg; sets cfg.model.vocab_size from it. A resumed run must keep its vocabulary."""
+def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event,
+                should_stop: Callable[[], bool] = lambda: False):
+    """The job (data or task) for cfg; sets cfg.model.vocab_size from it. A resumed run must keep its
+    vocabulary. Raises PreparationStopped when should_stop() while a corpus is prepared."""
     try:
-        job = make_job(cfg, saved, out_dir, emit)
+        job = make_job(cfg, saved, out_dir, emit, should_stop)
     except OSError as e:  # writing the token cache
         raise write_failure(out_dir / "data", e) from None
     if saved and saved["tokenizer"] != job.vocab.state():
@@ -527,11 +532,8 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
         info, clear = {"run_id": ""}, False
         if world.is_main:
             point, info, clear = _claim(out_dir, point, cfg, overwrite, emit)
-            job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
-        world.barrier()
-        if not world.is_main:
-            job = prepare_job(cfg, point.ckpt if point else None, out_dir, emit)
-        if stop():
+        job = _prepare_data(cfg, point, out_dir, emit, world, should_stop)
+        if job is None or stop():
             raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
                               "training; nothing of the run was changed")
 
@@ -591,6 +593,37 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
 
         # --- end: checkpoint the last step (evaluated), then the final evaluation
         return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: Event, world: World,
+                  should_stop: Callable[[], bool]):
+    """The job, its data prepared by the main process first (the others then reuse its cache); None on
+    every process when a stop was asked during the main process's preparation.
+
+    The others wait in a loop of small collectives to which the main process adds a heartbeat at least
+    every HEARTBEAT_S seconds of its preparation, so preparing a large corpus may take longer than a
+    collective's timeout (lm.distributed.TIMEOUT) while a dead main process is still noticed."""
+    saved = point.ckpt if point else None
+    if not world.is_main:
+        while True:
+            done, stopped = world.sum([0.0, 0.0])
+            if done:
+                return None if stopped else prepare_job(cfg, saved, out_dir, emit)
+    last = time.monotonic()
+
+    def heartbeat_or_stop() -> bool:
+        nonlocal last
+        if world.size > 1 and time.monotonic() - last > HEARTBEAT_S:
+            world.sum([0.0, 0.0])
+            last = time.monotonic()
+        return should_stop()
+
+    try:
+        job = prepare_job(cfg, saved, out_dir, emit, heartbeat_or_stop)
+    except PreparationStopped:  # a long preparation stops at once on request
+        job = None
+    world.sum([1.0, 1.0 if job is None else 0.0])
+    return job
 
 
 def _claim(out_dir: Path, point: ResumePoint | None, cfg: Config, overwrite: bool, emit: Event):

@@ -11,7 +11,7 @@ import regex
 import torch
 
 from lm.bpe import PATTERN, BpeTokenizer, TiktokenTokenizer, train_bpe
-from lm.data import _offline_text
+from lm.corpus import _offline_text
 
 ROUND_TRIP_TEXTS = [
     "",

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
+import lm.corpus
 from lm import data
-from lm.data import DataError
+from lm.corpus import DataError, obtain_corpus, prepare_corpus, split_point
 from lm.tokenizer import CharTokenizer, UnknownCharactersError
 
 
@@ -23,32 +24,32 @@ def test_large_vocabulary_uses_uint32(tmp_path):
     assert tok.vocab_size > 65536 and tok.dtype == np.uint32
     path = tmp_path / "big.txt"
     path.write_text(text, encoding="utf-8")
-    corpus = data.prepare_corpus(path, tmp_path / "cache", 0.1, 8)
+    corpus = prepare_corpus(path, tmp_path / "cache", 0.1, 8)
     assert corpus.train.dtype == np.uint32
-    assert tok.decode(corpus.val[:5]) == text[data.split_point(len(text), 0.1):][:5]
+    assert tok.decode(corpus.val[:5]) == text[split_point(len(text), 0.1):][:5]
 
 
 def test_split_is_first_90_last_10(small_corpus, tmp_path):
     text = small_corpus.read_text(encoding="utf-8")
-    corpus = data.prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
+    corpus = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
     assert len(corpus.train) == int(len(text) * 0.9) and len(corpus.train) + len(corpus.val) == len(text)
     assert corpus.tokenizer.decode(corpus.train[:50]) == text[:50]
     assert corpus.tokenizer.decode(corpus.val[-50:]) == text[-50:]
 
 
 def test_shakespeare_split_sizes(shakespeare, tmp_path):
-    corpus = data.prepare_corpus(shakespeare, tmp_path / "cache", 0.1, 64)
+    corpus = prepare_corpus(shakespeare, tmp_path / "cache", 0.1, 64)
     assert (len(corpus.train), len(corpus.val), corpus.tokenizer.vocab_size) == (1_003_854, 111_540, 65)
 
 
 def test_cache_is_reused_until_the_corpus_changes(small_corpus, tmp_path):
     cache = tmp_path / "cache"
-    first = data.prepare_corpus(small_corpus, cache, 0.1, 16)
-    again = data.prepare_corpus(small_corpus, cache, 0.1, 16)
+    first = prepare_corpus(small_corpus, cache, 0.1, 16)
+    again = prepare_corpus(small_corpus, cache, 0.1, 16)
     assert not first.reused_cache and again.reused_cache
     assert np.array_equal(first.train, again.train)
     small_corpus.write_text("a different corpus " * 200, encoding="utf-8")
-    changed = data.prepare_corpus(small_corpus, cache, 0.1, 16)
+    changed = prepare_corpus(small_corpus, cache, 0.1, 16)
     assert not changed.reused_cache and changed.tokenizer.vocab_size < first.tokenizer.vocab_size
 
 
@@ -56,7 +57,7 @@ def test_invalid_utf8_names_file_and_offset(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"hello there\xff\xfeworld" * 3)
     with pytest.raises(DataError) as e:
-        data.prepare_corpus(path, tmp_path / "cache", 0.1, 4)
+        prepare_corpus(path, tmp_path / "cache", 0.1, 4)
     assert "bad.txt" in str(e.value) and "byte offset 11" in str(e.value)
 
 
@@ -70,7 +71,7 @@ def test_unusable_corpora(tmp_path, content, needle):
     path = tmp_path / "corpus.txt"
     path.write_bytes(content)
     with pytest.raises(DataError) as e:
-        data.prepare_corpus(path, tmp_path / "cache", 0.1, 16)
+        prepare_corpus(path, tmp_path / "cache", 0.1, 16)
     assert needle in str(e.value) and "corpus.txt" in str(e.value)
 
 
@@ -78,36 +79,40 @@ def test_too_short_names_both_lengths(tmp_path):
     path = tmp_path / "short.txt"
     path.write_text("abcdefghij" * 10)  # 100 chars: 90 train, 10 val
     with pytest.raises(DataError) as e:
-        data.prepare_corpus(path, tmp_path / "cache", 0.1, 16)
+        prepare_corpus(path, tmp_path / "cache", 0.1, 16)
     msg = str(e.value)
     assert "90" in msg and "10" in msg and "17" in msg and "block_size" in msg
 
 
-def test_directory_and_missing_path(tmp_path):
-    with pytest.raises(DataError, match="is a directory"):
-        data.prepare_corpus(tmp_path, tmp_path / "cache", 0.1, 16)
+def test_empty_directory_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".hidden.txt").write_text("hidden files are skipped " * 100)
+    with pytest.raises(DataError, match="is a directory with no files"):
+        prepare_corpus(tmp_path / "empty", tmp_path / "cache", 0.1, 16)
     with pytest.raises(DataError, match="does not exist"):
-        data.obtain_corpus(str(tmp_path / "nothing.txt"))
+        obtain_corpus(str(tmp_path / "nothing.txt"))
+    with pytest.raises(DataError, match="matches no files"):
+        obtain_corpus(str(tmp_path / "nothing" / "*.txt"))
 
 
 def test_offline_fallback_for_missing_tinyshakespeare(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", no_network)
-    source = data.obtain_corpus(str(tmp_path / "data" / "tinyshakespeare" / "input.txt"))
-    assert source.path == tmp_path / "data" / "python_docs" / "input.txt"
+    monkeypatch.setattr(lm.corpus.urllib.request, "urlopen", no_network)
+    source = obtain_corpus(str(tmp_path / "data" / "tinyshakespeare" / "input.txt"))
+    assert source.files == [tmp_path / "data" / "python_docs" / "input.txt"]
     assert "OFFLINE FALLBACK" in source.note and "network is unreachable" in source.note
-    assert len(data.read_corpus(source.path)) > 100_000
+    assert len(source.files[0].read_text(encoding="utf-8")) > 100_000
 
 
 def test_existing_file_is_used_as_is(small_corpus):
-    source = data.obtain_corpus(str(small_corpus))
-    assert source.path == small_corpus and source.note is None
+    source = obtain_corpus(str(small_corpus))
+    assert source.files == [small_corpus] and source.note is None
 
 
 def test_batches_are_a_function_of_seed_and_index(small_corpus, tmp_path):
-    corpus = data.prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
+    corpus = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
     x1, y1 = data.window_batch(corpus.train, 4, 16, seed=1, index=7)
     x2, y2 = data.window_batch(corpus.train, 4, 16, seed=1, index=7)
     x3, _ = data.window_batch(corpus.train, 4, 16, seed=1, index=8)
@@ -116,7 +121,7 @@ def test_batches_are_a_function_of_seed_and_index(small_corpus, tmp_path):
 
 
 def test_worker_batches_equal_in_process_batches(small_corpus, tmp_path):
-    corpus = data.prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
+    corpus = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
     inline = data.batch_iterator(corpus.train, 4, 16, seed=3, start=5)
     workers = data.batch_iterator(corpus.train, 4, 16, seed=3, start=5, num_workers=2)
     for _ in range(6):

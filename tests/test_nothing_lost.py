@@ -425,7 +425,7 @@ def test_non_finite_gradients_with_a_finite_loss_never_update_the_weights(small_
 # 14. -------------------------------------------------------------------------------------------------------
 
 def test_every_seed_gives_its_own_data_order(small_corpus, tmp_path):
-    from lm.data import prepare_corpus
+    from lm.corpus import prepare_corpus
 
     ids = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16).train
     firsts = {tuple(window_batch(ids, 4, 16, seed, 0)[0].flatten().tolist()) for seed in range(300)}
