@@ -14,6 +14,7 @@ one, whatever N (exactly so with dropout 0: every process draws its dropout mask
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -82,6 +83,9 @@ class World:
         request), so they first wait for each other (the main one may still be writing files); a process
         that leaves with an error just leaves."""
         if self.size > 1 and dist.is_initialized():
+            # free what still refers to the group (DistributedDataParallel's reducer sits in reference
+            # cycles) while it exists: freed later, at interpreter exit, it made gloo abort the process
+            gc.collect()
             if together:
                 dist.barrier()
             dist.destroy_process_group()

@@ -78,9 +78,12 @@ class LanguageModelJob:
         def make(text: TokenizerSource):
             if d.tokenizer == "bpe":
                 sample = text.sample(d.tokenizer_sample)
-                emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens from "
-                                                       f"{sum(map(len, sample)):,} characters of the training split "
-                                                       f"({text.n_train:,})"})
+                chars = sum(map(len, sample))
+                source = (f"the training split ({chars:,} characters)" if chars == text.n_train else
+                          f"{chars:,} characters of the training split ({text.n_train:,}), in {len(sample)} "
+                          f"evenly spaced pieces")
+                emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens "
+                                                       f"from {source}"})
                 return make_tokenizer("bpe", sample, m.vocab_size,
                                       progress=lambda done, total: progress({"stage": "bpe", "done": done,
                                                                              "total": total}))

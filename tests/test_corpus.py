@@ -238,7 +238,7 @@ def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatc
                       "--val_fraction=0.05")
     summary = train(cfg, on_event=events.append)
     message = next(e["message"] for e in events if e["event"] == "tokenizer")
-    assert "from 5,000 characters of the training split (99,752)" in message
+    assert "from 5,000 characters of the training split (99,752), in 5 evenly spaced pieces" in message
     assert {e["stage"] for e in events if e["event"] == "prepare"} == {"scan", "bpe", "encode"}
     merges = [e for e in events if e["event"] == "prepare" and e["stage"] == "bpe"]
     assert merges[-1]["done"] == merges[-1]["total"] == 15
