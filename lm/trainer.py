@@ -559,30 +559,16 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
         batches = job.batches(start=run.step * t.grad_accum + world.rank, stride=world.size)
         run.model.train()
         while run.step < n_steps:
-            t0 = time.perf_counter()
+            # --- one optimizer step
             lr = lr_at(run.step, cfg, n_steps)
-            loss, tokens = train_step(run, batches, lr)
-            if run.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            run.step, run.elapsed = run.step + 1, run.elapsed + dt
-            run.window.add(loss, tokens, dt)
+            loss = _timed_step(run, batches, lr)
             _warn(run, emit)
             emit({"event": "step", "step": run.step, "loss": loss, "lr": lr})
 
-            # --- log and evaluate (evaluation time is not counted in elapsed_s)
+            # --- log, and evaluate and save every eval_interval steps
             at_eval = run.step % t.eval_interval == 0
             if at_eval or run.step % t.log_interval == 0:
-                train_loss, tokens_per_sec = run.window.flush()
-                record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                          "elapsed_s": run.elapsed, "world_size": world.size}
-                if at_eval:
-                    record.update(run.evaluate())
-                metrics.write(record)
-                if at_eval:
-                    emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
-                    _plot(metrics, run, emit)
-                emit({"event": "log", **record})
+                _log_and_evaluate(run, metrics, lr, at_eval, emit)
 
             # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
             if stop() and run.step < n_steps:
@@ -593,6 +579,34 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
 
         # --- end: checkpoint the last step (evaluated), then the final evaluation
         return _finish(run, metrics, n_steps, emit, stop)
+
+
+def _timed_step(run: Run, batches, lr: float) -> float:
+    """train_step, counted in run.step, run.elapsed and the metrics window; returns the step's loss."""
+    t0 = time.perf_counter()
+    loss, tokens = train_step(run, batches, lr)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    run.step, run.elapsed = run.step + 1, run.elapsed + dt
+    run.window.add(loss, tokens, dt)
+    return loss
+
+
+def _log_and_evaluate(run: Run, metrics: MetricsLog, lr: float, evaluate: bool, emit: Event) -> None:
+    """A metrics line for the steps since the last one; with evaluate, the evaluation (its batches shared
+    out among the processes), last.pt, best.pt when it is the best yet, and loss.png redrawn. Evaluation
+    time is not counted in elapsed_s."""
+    train_loss, tokens_per_sec = run.window.flush()
+    record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
+              "elapsed_s": run.elapsed, "world_size": run.world.size}
+    if evaluate:
+        record.update(run.evaluate())
+    metrics.write(record)
+    if evaluate:
+        emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
+        _plot(metrics, run, emit)
+    emit({"event": "log", **record})
 
 
 def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: Event, world: World,
