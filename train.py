@@ -187,7 +187,7 @@ class StageProgress:
         since = now - (self.last_time or self.t0)
         tenth = 10 * done // max(1, self.total)
         if done >= self.total:
-            if not self.printed:
+            if not self.printed or self.last_tenth >= 10:  # quiet stage, or its end already shown
                 return
         elif not (since >= self.every or (tenth != self.last_tenth and since >= self.quiet)):
             return

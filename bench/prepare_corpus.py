@@ -43,7 +43,7 @@ def generate(path: Path, size: int, lines: list[str], seed: int = 0) -> None:
     if path.exists() and abs(path.stat().st_size - size) < 1 << 20:
         return
     rng = np.random.default_rng(seed)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.tmp")  # hidden: an interrupted write is never part of a corpus
     written = 0
     with open(tmp, "wb") as f:
         while written < size:
@@ -118,11 +118,12 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, __file__, "--child", str(corpus), str(run_dir), args.tokenizer,
                                  str(args.vocab_size)], stdout=subprocess.PIPE, text=True)
         t0 = time.perf_counter()
+        output = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
-        result = json.loads(proc.stdout.read().strip().splitlines()[-1])
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"preparing {corpus} failed")
+            raise SystemExit(f"preparing {corpus} failed (exit {os.waitstatus_to_exitcode(status)})")
+        result = json.loads(output.strip().splitlines()[-1])
         stages = ", ".join(f"{k} {v}" for k, v in result["stages"].items())
         print(f"| {size / 2**20:,.0f} MiB | {args.files} | {wall:.1f} s | {size / 2**20 / wall:.1f} | "
               f"{usage.ru_maxrss / 1024:,.0f} MiB ({result['rss_before_kib'] / 1024:,.0f} before preparing) | {stages} | {result['train_tokens']:,} / {result['val_tokens']:,} |",

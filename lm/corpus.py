@@ -2,7 +2,7 @@
 
 ``data_path`` names one UTF-8 text file, a directory (every file beneath it, sorted by path, hidden
 ones skipped) or a glob pattern (``shards/*.txt``, ``corpus/**/*.txt``). Files are read in that order,
-with a line break after any file that does not end with one. The first ``1 - val_fraction`` of the
+with a line break between a file that does not end with one and the next file's text. The first ``1 - val_fraction`` of the
 characters form the training split, the rest the validation split.
 
 Preparing the cache reads the files a few MiB at a time, so memory stays bounded whatever the size:
@@ -12,12 +12,12 @@ Preparing the cache reads the files a few MiB at a time, so memory stays bounded
 2. tokenizer: a char vocabulary is that character set; a BPE is learned from a bounded sample of
    the training split (evenly spaced pieces of it, the whole split when it is short);
 3. encode: each split is encoded piece by piece and appended to ``train.bin`` / ``val.bin`` (uint16
-   or uint32 ids). Pieces are cut just before a line break that follows a non-space character; the
-   regex pre-tokenisers of BPE never join text across such a point, so the ids are those of encoding
-   the split whole.
+   or uint32 ids). Pieces are cut just before a line break that follows a letter or digit; the regex
+   pre-tokenisers of byte-level BPE never join text across such a point, so the ids are those of
+   encoding the split whole.
 
 The cache is reused while the files are unchanged (same paths, sizes and modification times) and
-the tokenizer is the same. ``progress`` receives one event per piece, and may raise
+the tokenizer is the same. ``progress`` receives an event after every read, and may raise
 ``PreparationStopped`` to abandon the work: nothing half-written is left behind.
 """
 
@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .files import write_atomic, write_text_atomic
+from .files import remove_abandoned_temporaries, write_atomic, write_text_atomic
 from .tokenizer import CharTokenizer, UnknownCharactersError
 
 # Corpora that are fetched when their file is missing: directory name -> URL.
@@ -139,45 +139,72 @@ def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
 def _read_texts(files: Sequence[Path], start: tuple[int, int] = (0, 0), read_bytes: int = READ_BYTES,
                 on_read: Callable[[int], None] | None = None) -> Iterator[tuple[int, int | None, str]]:
     """The corpus's text from ``start`` (file index, byte offset of a character's first byte) on, as
-    (file index, byte offset of the piece's first character, piece) a few MiB at a time; between
-    files, a "\\n" where the previous file does not end with one (its byte offset: None). ``on_read(n)``
-    counts the bytes read.
+    (file index, byte offset of the piece's first character, piece) a few MiB at a time; before the
+    text of a file that follows one not ending with a line break, a "\\n" (its byte offset: None).
+    ``on_read(n)`` counts the bytes read.
     Raises DataError naming the file for what cannot be read, invalid UTF-8 or a NUL character."""
     first, offset = start
+    needs_break = False  # the last text so far does not end with a line break
     for i in range(first, len(files)):
         path = files[i]
         decoder = codecs.getincrementaldecoder("utf-8")()
         pos = offset if i == first else 0  # bytes of the file read so far
-        chars, last = 0, ""  # characters of the file so far, and its last one
+        chars = 0  # characters of the file so far
         try:
-            with open(path, "rb") as f:
-                f.seek(pos)
-                while True:
-                    data = f.read(read_bytes)
-                    pending = len(decoder.getstate()[0])  # bytes of a character cut by the last read
-                    try:
-                        text = decoder.decode(data, final=not data)
-                    except UnicodeDecodeError as e:
-                        at = pos - pending + e.start
-                        raise DataError(f"data_path {str(path)!r} is not valid UTF-8: byte offset {at} "
-                                        f"(byte 0x{e.object[e.start]:02x}): {e.reason}; is it a binary file?") \
-                            from None
-                    if text:
-                        nul = text.find("\0")
-                        if nul >= 0:
-                            raise DataError(f"data_path {str(path)!r} holds a NUL character at character "
-                                            f"{chars + nul}; it looks like a binary file")
-                        yield i, pos - pending, text
-                        chars, last = chars + len(text), text[-1]
-                    pos += len(data)
-                    if on_read is not None and data:
-                        on_read(len(data))
-                    if not data:
-                        break
+            f = open(path, "rb")
+            f.seek(pos)
         except OSError as e:
             raise DataError(f"data_path {str(path)!r} cannot be read: {e}") from None
-        if chars and last != "\n" and i + 1 < len(files):
-            yield i, None, "\n"
+        with f:
+            while True:
+                try:
+                    data = f.read(read_bytes)
+                except OSError as e:
+                    raise DataError(f"data_path {str(path)!r} cannot be read: {e}") from None
+                pending = len(decoder.getstate()[0])  # bytes of a character cut by the last read
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as e:
+                    at = pos - pending + e.start
+                    raise DataError(f"data_path {str(path)!r} is not valid UTF-8: byte offset {at} "
+                                    f"(byte 0x{e.object[e.start]:02x}): {e.reason}; is it a binary file?") from None
+                if text:
+                    nul = text.find("\0")
+                    if nul >= 0:
+                        raise DataError(f"data_path {str(path)!r} holds a NUL character at character "
+                                        f"{chars + nul}; it looks like a binary file")
+                    if needs_break and chars == 0:
+                        yield i, None, "\n"
+                    yield i, pos - pending, text
+                    chars, needs_break = chars + len(text), text[-1] != "\n"
+                pos += len(data)
+                if not data:
+                    break
+                if on_read is not None:
+                    on_read(len(data))
+
+
+def _file_sizes(files: Sequence[Path]) -> list[int]:
+    sizes = []
+    for p in files:
+        try:
+            sizes.append(p.stat().st_size)
+        except OSError as e:
+            raise DataError(f"data_path {str(p)!r} cannot be read: {e}") from None
+    return sizes
+
+
+def _byte_progress(stage: str, total: int, progress: Progress) -> Callable[[int], None]:
+    """An on_read for _read_texts that reports {"stage", "done", "total"} (bytes), starting at 0 now."""
+    done = 0
+
+    def on_read(k: int) -> None:
+        nonlocal done
+        done += k
+        progress({"stage": stage, "done": done, "total": total})
+
+    progress({"stage": stage, "done": 0, "total": total})
+    return on_read
 
 
 @dataclass
@@ -187,20 +214,11 @@ class _Scan:
     marks: list[tuple[int, int, int]]  # (character offset in the corpus, file index, byte offset) of each piece
 
 
-def _scan(files: Sequence[Path], read_bytes: int, progress: Progress) -> _Scan:
-    """Pass 1: check every file and count its characters; bounded memory (one piece at a time)."""
-    total = sum(p.stat().st_size for p in files)
-    done = 0
+def _scan(files: Sequence[Path], total: int, read_bytes: int, progress: Progress) -> _Scan:
+    """Pass 1: check every file (total bytes) and count its characters; bounded memory (one piece at a time)."""
     seen = np.zeros(0x110000, dtype=bool)  # code point -> occurs
     marks, n = [], 0
-
-    def on_read(k: int) -> None:
-        nonlocal done
-        done += k
-        progress({"stage": "scan", "done": done, "total": total})
-
-    progress({"stage": "scan", "done": 0, "total": total})
-    for i, byte, text in _read_texts(files, read_bytes=read_bytes, on_read=on_read):
+    for i, byte, text in _read_texts(files, read_bytes=read_bytes, on_read=_byte_progress("scan", total, progress)):
         if byte is not None:  # not a line break added between files
             marks.append((n, i, byte))
         seen[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)] = True
@@ -237,14 +255,20 @@ def training_sample(files: Sequence[Path], scan: _Scan, n_train: int, limit: int
 # ----------------------------------------------------------------------------- encoding
 
 def cut_point(text: str) -> int:
-    """Where to end a piece of text to be encoded on its own: just before its last line break that
-    follows a non-space character (0 when there is none). Byte-level BPE pre-tokenisers never join
-    text across such a point (a piece never holds a non-space character followed by a line break),
-    so encoding the two sides apart gives the ids of encoding them together."""
-    i = text.rfind("\n")
-    while i > 0 and text[i - 1].isspace():
+    """Where to end a piece of text to be encoded on its own: just before its last line break (\\n, or
+    the \\r of \\r\\n) that follows a letter or digit (0 when there is none). The regex pre-tokenisers
+    of byte-level BPE (this project's, gpt2's, cl100k_base's, o200k_base's) never put a letter or digit
+    and a following line break in one piece, so encoding the two sides apart gives the ids of
+    encoding them together."""
+    i = len(text)
+    while True:
         i = text.rfind("\n", 0, i)
-    return max(i, 0)
+        if i <= 0:
+            return 0
+        cut = i - 1 if text[i - 1] == "\r" else i
+        if cut > 0 and text[cut - 1].isalnum():
+            return cut
+        i = cut
 
 
 class _SplitWriter:
@@ -272,21 +296,12 @@ class _SplitWriter:
             self.tokens += len(ids)
 
 
-def _encode(files: Sequence[Path], n_train: int, tokenizer, train_f, val_f, read_bytes: int,
+def _encode(files: Sequence[Path], total: int, n_train: int, tokenizer, train_f, val_f, read_bytes: int,
             progress: Progress) -> tuple[int, int]:
     """Pass 2: encode the training split into train_f and the rest into val_f; returns their token counts."""
-    total = sum(p.stat().st_size for p in files)
-    done = 0
-
-    def on_read(k: int) -> None:
-        nonlocal done
-        done += k
-        progress({"stage": "encode", "done": done, "total": total})
-
-    progress({"stage": "encode", "done": 0, "total": total})
     train, val = _SplitWriter(train_f, tokenizer), _SplitWriter(val_f, tokenizer)
     n = 0  # characters so far
-    for _, _, text in _read_texts(files, read_bytes=read_bytes, on_read=on_read):
+    for _, _, text in _read_texts(files, read_bytes=read_bytes, on_read=_byte_progress("encode", total, progress)):
         if n < n_train:
             train.add(text[:n_train - n])
             if n + len(text) >= n_train:
@@ -294,6 +309,7 @@ def _encode(files: Sequence[Path], n_train: int, tokenizer, train_f, val_f, read
         if n + len(text) > n_train:
             val.add(text[max(0, n_train - n):])
         n += len(text)
+    train.close()  # (a no-op unless the files shrank since the scan, which the fingerprint then shows)
     val.close()
     return train.tokens, val.tokens
 
@@ -336,9 +352,15 @@ class Corpus:
 
 
 def _fingerprint(files: Sequence[Path], val_fraction: float) -> dict:
-    stats = [(p, p.stat()) for p in files]
-    return {"version": CACHE_VERSION, "val_fraction": val_fraction,
-            "files": [[str(p.resolve()), s.st_size, s.st_mtime_ns] for p, s in stats]}
+    """What the cache was made from: every file's path, size and modification time, and the split."""
+    entries = []
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise DataError(f"data_path {str(p)!r} cannot be read: {e}") from None
+        entries.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return {"version": CACHE_VERSION, "val_fraction": val_fraction, "files": entries}
 
 
 def _read_meta(cache_dir: Path) -> dict | None:
@@ -350,23 +372,24 @@ def _read_meta(cache_dir: Path) -> dict | None:
 
 def prepare_corpus(data_path: str | Path | Sequence[Path], cache_dir: str | Path, val_fraction: float,
                    block_size: int, tokenizer=None, make: Callable[[TokenizerSource], object] | None = None,
-                   spec: dict | None = None, progress: Progress | None = None,
+                   spec: dict | None = None, progress: Progress | None = None, name: str | None = None,
                    read_bytes: int = READ_BYTES) -> Corpus:
     """Encode the corpus into ``cache_dir``/{train,val}.bin (or reuse them) and memory-map them.
 
-    ``data_path``: a file, directory or glob (see corpus_files), or the list of files. ``tokenizer``
-    fixes the vocabulary (when resuming); otherwise ``make(TokenizerSource)`` builds it (default: a
-    CharTokenizer of the corpus's characters), and ``spec`` (plain values naming the tokenizer asked
-    for) decides whether an existing cache was made the same way. ``progress`` gets {"stage": "scan" |
-    "encode", "done": bytes, "total": bytes} as the files are read.
+    ``data_path``: a file, directory or glob (see corpus_files), or the list of files (``name``: what
+    to call them in messages). ``tokenizer`` fixes the vocabulary (when resuming); otherwise
+    ``make(TokenizerSource)`` builds it (default: a CharTokenizer of the corpus's characters), and
+    ``spec`` (plain values naming the tokenizer asked for) decides whether an existing cache was made
+    the same way. ``progress`` gets {"stage": "scan" | "encode", "done": bytes, "total": bytes} after
+    every read of the files (and may raise PreparationStopped).
     """
     if isinstance(data_path, (str, Path)):
-        name, files = str(data_path), corpus_files(data_path)
+        name, files = name or str(data_path), corpus_files(data_path)
         if not files:
             raise DataError(f"data_path {name!r} does not exist")
     else:
         files = [Path(p) for p in data_path]
-        name = str(files[0]) if len(files) == 1 else f"{len(files)} files from {files[0]}"
+        name = name or (str(files[0]) if len(files) == 1 else f"{len(files)} files from {files[0]}")
     cache_dir = Path(cache_dir)
     progress = progress or (lambda event: None)
     fingerprint = _fingerprint(files, val_fraction)
@@ -397,7 +420,8 @@ def prepare_corpus(data_path: str | Path | Sequence[Path], cache_dir: str | Path
 def _write_cache(files, name, cache_dir: Path, val_fraction, block_size, tokenizer, make, spec, progress,
                  fingerprint, read_bytes) -> dict:
     """Scan, build the tokenizer, encode; returns the new meta.json (with the tokenizer under "built")."""
-    scan = _scan(files, read_bytes, progress)
+    total = sum(size for _, size, _ in fingerprint["files"])
+    scan = _scan(files, total, read_bytes, progress)
     if scan.n_chars == 0:
         raise DataError(f"data_path {name!r} is empty" if len(files) == 1 else
                         f"data_path {name!r}: its {len(files)} files are all empty")
@@ -412,14 +436,21 @@ def _write_cache(files, name, cache_dir: Path, val_fraction, block_size, tokeniz
     else:
         tok = tokenizer
     (cache_dir / "meta.json").unlink(missing_ok=True)  # it vouches for the .bin files: gone until they are
+    remove_abandoned_temporaries(cache_dir)  # of a preparation that was killed (they can be large)
     counts = {}
 
     def write_both(train_f):
         def write_val(val_f):
+            problem = None
             try:
-                counts["n"] = _encode(files, n_train, tok, train_f, val_f, read_bytes, progress)
+                counts["n"] = _encode(files, total, n_train, tok, train_f, val_f, read_bytes, progress)
             except UnknownCharactersError as e:
-                raise DataError(f"corpus {name!r} does not fit the checkpoint's vocabulary: {e}") from None
+                problem = f"corpus {name!r} does not fit the checkpoint's vocabulary: {e}"
+            if _fingerprint(files, val_fraction) != fingerprint:  # (new characters would say so too)
+                problem = (f"corpus {name!r} changed while it was being prepared (a file's size or modification "
+                           f"time); nothing was kept, run again once it is complete")
+            if problem:
+                raise DataError(problem)
 
         write_atomic(cache_dir / "val.bin", write_val)
 

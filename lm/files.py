@@ -45,3 +45,25 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     for f in stale:
         f.unlink(missing_ok=True)
     return stale
+
+
+def remove_abandoned_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporaries of writes whose process is gone (killed mid-way); those of live processes
+    on this machine, which may be writing now, are left alone."""
+    gone = []
+    for f in Path(directory).glob(".*.tmp-*"):
+        pid = f.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            f.unlink(missing_ok=True)
+            gone.append(f)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True

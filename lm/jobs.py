@@ -70,30 +70,31 @@ class LanguageModelJob:
                 **({"file": d.tokenizer_file} if d.tokenizer_file else {})}
 
         def progress(event: dict) -> None:
-            """Long preparation shows progress, and stops on request (Ctrl-C, SIGTERM) without a trace."""
+            """Long preparation shows progress, and stops on request (Ctrl-C, SIGTERM) at the next event,
+            leaving no half-written file."""
             emit({"event": "prepare", **event})
             if should_stop():
                 raise PreparationStopped
 
-        def make(text: TokenizerSource):
+        def make(corpus: TokenizerSource):
             if d.tokenizer == "bpe":
-                sample = text.sample(d.tokenizer_sample)
+                sample = corpus.sample(d.tokenizer_sample)
                 chars = sum(map(len, sample))
-                source = (f"the training split ({chars:,} characters)" if chars == text.n_train else
-                          f"{chars:,} characters of the training split ({text.n_train:,}), in {len(sample)} "
-                          f"evenly spaced pieces")
+                learned_from = (f"the training split ({chars:,} characters)" if chars == corpus.n_train else
+                                f"{chars:,} characters of the training split ({corpus.n_train:,}), in "
+                                f"{len(sample)} evenly spaced pieces")
                 emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size} tokens "
-                                                       f"from {source}"})
+                                                       f"from {learned_from}"})
                 return make_tokenizer("bpe", sample, m.vocab_size,
                                       progress=lambda done, total: progress({"stage": "bpe", "done": done,
                                                                              "total": total}))
             try:
-                return make_tokenizer(d.tokenizer, text.chars, m.vocab_size, d.tokenizer_file)
+                return make_tokenizer(d.tokenizer, corpus.chars, m.vocab_size, d.tokenizer_file)
             except ValueError as e:  # e.g. a tiktoken encoding that is not available offline
                 raise ConfigError(f"tokenizer: {e}") from None
 
         self.corpus = prepare_corpus(source.files, out_dir / "data", d.val_fraction, m.block_size, tokenizer,
-                                     make, spec, progress)
+                                     make, spec, progress, name=source.name)
         self.vocab = self.corpus.tokenizer
         self.tokens_per_char = len(self.corpus.val) / self.corpus.val_chars  # of the validation split
         emit({"event": "data", "path": source.name, "files": len(source.files), "vocab_size": self.vocab.vocab_size,

@@ -614,15 +614,20 @@ def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: E
     """The job, its data prepared by the main process first (the others then reuse its cache); None on
     every process when a stop was asked during the main process's preparation.
 
-    The others wait in a loop of small collectives to which the main process adds a heartbeat at least
-    every HEARTBEAT_S seconds of its preparation, so preparing a large corpus may take longer than a
-    collective's timeout (lm.distributed.TIMEOUT) while a dead main process is still noticed."""
+    The others wait in a loop of small collectives that the main process joins (a heartbeat) at the
+    first progress event of its preparation after HEARTBEAT_S seconds, so preparing a large corpus may
+    take longer than a collective's timeout (lm.distributed.TIMEOUT) while a dead main process is still
+    noticed. At the end it sends (1, outcome): 0 prepared, 1 stopped on request, 2 failed (its error is
+    its own to report; the others stop with a short one)."""
     saved = point.ckpt if point else None
     if not world.is_main:
         while True:
-            done, stopped = world.sum([0.0, 0.0])
+            done, outcome = world.sum([0.0, 0.0])
             if done:
-                return None if stopped else prepare_job(cfg, saved, out_dir, emit)
+                break
+        if outcome == 2:
+            raise TrainingError("the main process (rank 0) failed while preparing the data; its error is above")
+        return None if outcome == 1 else prepare_job(cfg, saved, out_dir, emit)
     last = time.monotonic()
 
     def heartbeat_or_stop() -> bool:
@@ -634,8 +639,13 @@ def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: E
 
     try:
         job = prepare_job(cfg, saved, out_dir, emit, heartbeat_or_stop)
-    except PreparationStopped:  # a long preparation stops at once on request
+    except PreparationStopped:  # a long preparation stops on request, at its next progress event
         job = None
+    except BaseException:
+        if world.size > 1:
+            with contextlib.suppress(Exception):  # the group may be what failed
+                world.sum([1.0, 2.0])
+        raise
     world.sum([1.0, 1.0 if job is None else 0.0])
     return job
 

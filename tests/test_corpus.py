@@ -13,7 +13,6 @@ from lm import config
 from lm.bpe import BpeTokenizer
 from lm.corpus import (DataError, PreparationStopped, corpus_files, cut_point, obtain_corpus, prepare_corpus,
                        split_point)
-from lm.tokenizer import CharTokenizer
 from lm.trainer import HEARTBEAT_S, Interrupted, train
 
 # text that is hard on piecewise encoding: blank lines, spaces before line breaks, CRLF, characters of
@@ -95,12 +94,53 @@ def test_piecewise_encoding_gives_the_ids_of_the_whole_split(tmp_path, bpe, read
     assert np.array_equal(pieces.train, bpe.encode(HARD[:n])) and np.array_equal(pieces.val, bpe.encode(HARD[n:]))
 
 
-def test_cut_point_is_before_a_break_that_follows_a_non_space():
+def test_cut_point_is_before_a_break_that_follows_a_letter_or_digit():
     assert cut_point("abc\ndef\n") == 7
     assert cut_point("abc\ndef  \n") == 3
     assert cut_point("abc\n\n\n") == 3
+    assert cut_point("abc\r\ndef\r\n") == 8  # before the \r of \r\n
+    assert cut_point("one 1\nend.\n") == 5  # not after punctuation, which cl100k joins to line breaks
     assert cut_point("\n\n  \n") == 0
     assert cut_point("no break at all") == 0
+
+
+# punctuation, quotes, spaces and CRLF before line breaks: the cases where patterns differ
+PUNCTUATED = ("Hello.\nWorld\nend:\n\nnext a'\nb \r\nCRLF line\r\n42\r\n\r\nx\n 9\n" * 30
+              + "été 漢字 👩‍👩‍👧 end.\r\n") * 10
+
+
+@pytest.mark.parametrize("encoding", ["gpt2", "cl100k_base", "o200k_base"])
+def test_piecewise_encoding_is_exact_under_tiktokens_patterns(tmp_path, encoding):
+    """tiktoken's encodings need files that are not here offline; their pre-tokenising patterns are what
+    decides where a piece may be cut, so learned merges are used with each encoding's pattern."""
+    from lm.bpe import _encoding_specs
+
+    pattern = _encoding_specs()[encoding]["pat_str"]
+    merges = BpeTokenizer.from_text(PUNCTUATED + HARD, 400).merges
+    # tokens that only these patterns can produce (punctuation joined to a line break), so that a cut
+    # between the two would change the ids
+    vocab = {BpeTokenizer(merges).token_bytes(i) for i in range(256 + len(merges))}
+    merges += [pair for pair in [(ord("."), 10), (ord(":"), 10), (ord("'"), 10), (13, 10)]
+               if bytes(pair) not in vocab]
+    tok = BpeTokenizer(merges, pattern)
+    for name, text in (("mixed", PUNCTUATED + HARD), ("crlf", "Line one.\r\nline 2\r\n\r\n" * 500)):
+        path = write(tmp_path / f"{name}.txt", text)
+        n = split_point(len(text), 0.1)
+        for read_bytes in (5, 64):
+            corpus = prepare_corpus(path, tmp_path / f"{name}{read_bytes}", 0.1, 8, tokenizer=tok,
+                                    read_bytes=read_bytes)
+            assert np.array_equal(corpus.train, tok.encode(text[:n])), (name, read_bytes)
+            assert np.array_equal(corpus.val, tok.encode(text[n:])), (name, read_bytes)
+
+
+def test_a_crlf_corpus_is_cut_at_its_line_breaks(tmp_path, monkeypatch):
+    import lm.corpus
+
+    held = []
+    add = lm.corpus._SplitWriter.add
+    monkeypatch.setattr(lm.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
+    prepare_corpus(write(tmp_path / "crlf.txt", "a line\r\n" * 10_000), tmp_path / "cache", 0.1, 8, read_bytes=1000)
+    assert max(held) < 20  # what waits for the next piece is the end of one line, not the whole text
 
 
 def test_text_without_line_breaks_is_cut_when_too_much_is_held(tmp_path, monkeypatch):
@@ -135,11 +175,45 @@ def test_nul_names_the_file_and_its_character(tmp_path):
         prepare_corpus(tmp_path / "shards", tmp_path / "cache", 0.1, 8, read_bytes=5)
 
 
-def test_all_empty_files(tmp_path):
+def test_all_empty_files_named_as_the_user_named_them(tmp_path):
     write(tmp_path / "shards" / "a.txt", "")
     write(tmp_path / "shards" / "b.txt", "")
     with pytest.raises(DataError, match="its 2 files are all empty"):
         prepare_corpus(tmp_path / "shards", tmp_path / "cache", 0.1, 8)
+    with pytest.raises(DataError, match=f"data_path '{tmp_path / 'shards'}/\\*.txt': its 2 files are all empty"):
+        train(tiny_config(tmp_path, f"{tmp_path / 'shards'}/*.txt"))
+
+
+def test_no_line_break_is_added_after_the_last_text(tmp_path):
+    write(tmp_path / "shards" / "a.txt", "text without a final break " * 10)
+    write(tmp_path / "shards" / "b.txt", "")  # empty files after it add nothing
+    assert decoded(prepare_corpus(tmp_path / "shards", tmp_path / "cache", 0.1, 8)) == "text without a final break " * 10
+
+
+def test_a_file_that_changes_while_it_is_prepared_is_refused(tmp_path):
+    path = write(tmp_path / "growing.txt", "a line of text\n" * 1000)
+    cache = tmp_path / "cache"
+
+    def append_once(event):
+        if event["stage"] == "encode" and event["done"] == 2000:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write("more text arrives\n")
+
+    with pytest.raises(DataError, match="changed while it was being prepared"):
+        prepare_corpus(path, cache, 0.1, 8, progress=append_once, read_bytes=1000)
+    assert not (cache / "meta.json").exists() and not list(cache.glob(".*tmp*"))
+    assert decoded(prepare_corpus(path, cache, 0.1, 8)).endswith("more text arrives\n")
+
+
+def test_temporaries_of_a_killed_preparation_are_removed(tmp_path):
+    import os
+
+    cache = tmp_path / "cache"
+    dead, live = cache / ".train.bin.tmp-999999999", cache / f".val.bin.tmp-{os.getppid()}"  # pytest's parent
+    for f in (dead, live):
+        write(f, "half-written ids")
+    prepare_corpus(write(tmp_path / "c.txt", "some text\n" * 100), cache, 0.1, 8)
+    assert not dead.exists() and live.exists()  # a live process may be writing its own
 
 
 # ----------------------------------------------------------------------------- bounded memory
@@ -279,6 +353,17 @@ def test_the_main_process_sends_heartbeats_while_it_prepares(monkeypatch, tmp_pa
     assert len(other.calls) == 3
     stopped = FakeWorld(1, answers=[[0.0, 0.0], [1.0, 1.0]])
     assert trainer._prepare_data(None, None, tmp_path, print, stopped, lambda: False) is None
+    # the main process fails: it tells the others, which stop with a short error of their own
+    def failing_preparation(*args, **kwargs):
+        raise DataError("data_path 'x' is empty")
+
+    monkeypatch.setattr(trainer, "prepare_job", failing_preparation)
+    main = FakeWorld(0)
+    with pytest.raises(DataError, match="is empty"):
+        trainer._prepare_data(None, None, tmp_path, print, main, lambda: False)
+    assert main.calls == [[1.0, 2.0]]
+    with pytest.raises(trainer.TrainingError, match="main process .rank 0. failed while preparing the data"):
+        trainer._prepare_data(None, None, tmp_path, print, FakeWorld(1, answers=[[1.0, 2.0]]), lambda: False)
 
 
 # ----------------------------------------------------------------------------- train.py
@@ -321,3 +406,9 @@ def test_preparation_progress_in_a_log(monkeypatch):
         clock[0] += 0.1
         short.update(k)
     assert quick.getvalue() == ""
+    grown = io.StringIO()  # files that grew after they were measured: the end is shown once
+    over = cli.StageProgress("scan", 100, grown)
+    for done in (50, 100, 110, 120):
+        clock[0] += 10.0
+        over.update(done)
+    assert [line.split("(")[1].split(")")[0] for line in grown.getvalue().splitlines()] == ["50%", "100%"]
