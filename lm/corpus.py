@@ -12,9 +12,9 @@ Preparing the cache reads the files a few MiB at a time, so memory stays bounded
 2. tokenizer: a char vocabulary is that character set; a BPE is learned from a bounded sample of
    the training split (evenly spaced pieces of it, the whole split when it is short);
 3. encode: each split is encoded piece by piece and appended to ``train.bin`` / ``val.bin`` (uint16
-   or uint32 ids). Pieces are cut just before a line break that follows a letter or digit; the regex
-   pre-tokenisers of byte-level BPE never join text across such a point, so the ids are those of
-   encoding the split whole.
+   or uint32 ids). For BPE, pieces are cut just before a line break that follows a letter or digit;
+   the regex pre-tokenisers of byte-level BPE never join text across such a point, so the ids are
+   those of encoding the split whole (characters encode the same wherever a piece ends).
 
 The cache is reused while the files are unchanged (same paths, sizes and modification times) and
 the tokenizer is the same. ``progress`` receives an event after every read, and may raise
@@ -272,16 +272,21 @@ def cut_point(text: str) -> int:
 
 
 class _SplitWriter:
-    """Encodes one split piece by piece (cut at cut_point) and appends its ids to a file."""
+    """Encodes one split piece by piece and appends its ids to a file. Characters encode the same
+    wherever a piece ends; other tokenizers' pieces end at cut_point."""
 
     def __init__(self, f, tokenizer):
         self.f, self.tokenizer = f, tokenizer
         self.held = ""  # text since the last cut
         self.tokens = 0
+        self.cut_anywhere = tokenizer.kind == "char"
 
     def add(self, text: str) -> None:
         text = self.held + text
-        cut = cut_point(text) or (len(text) if len(text) >= MAX_CARRY else 0)
+        if self.cut_anywhere:
+            cut = len(text)
+        else:
+            cut = cut_point(text) or (len(text) if len(text) >= MAX_CARRY else 0)
         self.held = text[cut:]
         self._write(text[:cut])
 

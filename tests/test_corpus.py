@@ -133,23 +133,32 @@ def test_piecewise_encoding_is_exact_under_tiktokens_patterns(tmp_path, encoding
             assert np.array_equal(corpus.val, tok.encode(text[n:])), (name, read_bytes)
 
 
-def test_a_crlf_corpus_is_cut_at_its_line_breaks(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_a_crlf_corpus_is_cut_at_its_line_breaks(tmp_path, monkeypatch, bpe, tokenizer):
     import lm.corpus
 
     held = []
     add = lm.corpus._SplitWriter.add
     monkeypatch.setattr(lm.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
-    prepare_corpus(write(tmp_path / "crlf.txt", "a line\r\n" * 10_000), tmp_path / "cache", 0.1, 8, read_bytes=1000)
-    assert max(held) < 20  # what waits for the next piece is the end of one line, not the whole text
+    text = "a line\r\n" * 10_000
+    corpus = prepare_corpus(write(tmp_path / "crlf.txt", text), tmp_path / "cache", 0.1, 8, read_bytes=1000,
+                            tokenizer=bpe if tokenizer == "bpe" else None)
+    assert decoded(corpus) == text
+    # what waits for the next piece: nothing (characters), the end of one line (BPE), not the whole text
+    assert max(held) == 0 if tokenizer == "char" else 0 < max(held) < 20
 
 
-def test_text_without_line_breaks_is_cut_when_too_much_is_held(tmp_path, monkeypatch):
+def test_text_without_line_breaks_is_cut_when_too_much_is_held(tmp_path, monkeypatch, bpe):
     import lm.corpus
 
     monkeypatch.setattr(lm.corpus, "MAX_CARRY", 100)
+    held = []
+    add = lm.corpus._SplitWriter.add
+    monkeypatch.setattr(lm.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
     text = "abcdefghij" * 1000  # no line break at all
-    corpus = prepare_corpus(write(tmp_path / "one_line.txt", text), tmp_path / "cache", 0.1, 8, read_bytes=30)
-    assert decoded(corpus) == text
+    corpus = prepare_corpus(write(tmp_path / "one_line.txt", text), tmp_path / "cache", 0.1, 8, read_bytes=30,
+                            tokenizer=bpe)
+    assert decoded(corpus) == text and max(held) < 100
 
 
 # ----------------------------------------------------------------------------- bad files, named
