@@ -23,10 +23,10 @@ from . import checkpoint as ckpt_io
 from . import rundir
 from .checkpoint import ResumePoint
 from .config import Config, ConfigError
+from .corpus import PreparationStopped
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
-from .corpus import PreparationStopped
 from .jobs import make_job, make_model
 from .optim import make_optimizer
 from .rundir import OutputError, RunLock, write_failure

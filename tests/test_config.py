@@ -83,6 +83,7 @@ def test_required_bare_names_are_overridable(name):
     ("dtype: fp8\n", ["dtype", "fp8", "float32"]),
     ("lr: .inf\n", ["lr", "finite"]),
     ("val_fraction: 1.0\n", ["val_fraction", "between 0 and 1"]),
+    ("tokenizer_sample: 0\n", ["tokenizer_sample", "0", "positive number of characters"]),
     ("min_lr: 1.0\nlr: 0.1\n", ["min_lr", "between 0 and lr"]),
     ("lr: 0.1\ntrain: {lr: 0.2}\n", ["set twice"]),
     ("- a\n- b\n", ["mapping"]),
