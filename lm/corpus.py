@@ -136,6 +136,10 @@ def obtain_corpus(data_path: str, timeout: float = 15.0) -> CorpusSource:
 
 # ----------------------------------------------------------------------------- reading
 
+def _unreadable(path: Path, e: OSError) -> DataError:
+    return DataError(f"data_path {str(path)!r} cannot be read: {e}")
+
+
 def _read_texts(files: Sequence[Path], start: tuple[int, int] = (0, 0), read_bytes: int = READ_BYTES,
                 on_read: Callable[[int], None] | None = None) -> Iterator[tuple[int, int | None, str]]:
     """The corpus's text from ``start`` (file index, byte offset of a character's first byte) on, as
@@ -154,13 +158,13 @@ def _read_texts(files: Sequence[Path], start: tuple[int, int] = (0, 0), read_byt
             f = open(path, "rb")
             f.seek(pos)
         except OSError as e:
-            raise DataError(f"data_path {str(path)!r} cannot be read: {e}") from None
+            raise _unreadable(path, e) from None
         with f:
             while True:
                 try:
                     data = f.read(read_bytes)
                 except OSError as e:
-                    raise DataError(f"data_path {str(path)!r} cannot be read: {e}") from None
+                    raise _unreadable(path, e) from None
                 pending = len(decoder.getstate()[0])  # bytes of a character cut by the last read
                 try:
                     text = decoder.decode(data, final=not data)
@@ -182,16 +186,6 @@ def _read_texts(files: Sequence[Path], start: tuple[int, int] = (0, 0), read_byt
                     break
                 if on_read is not None:
                     on_read(len(data))
-
-
-def _file_sizes(files: Sequence[Path]) -> list[int]:
-    sizes = []
-    for p in files:
-        try:
-            sizes.append(p.stat().st_size)
-        except OSError as e:
-            raise DataError(f"data_path {str(p)!r} cannot be read: {e}") from None
-    return sizes
 
 
 def _byte_progress(stage: str, total: int, progress: Progress) -> Callable[[int], None]:
@@ -363,7 +357,7 @@ def _fingerprint(files: Sequence[Path], val_fraction: float) -> dict:
         try:
             st = p.stat()
         except OSError as e:
-            raise DataError(f"data_path {str(p)!r} cannot be read: {e}") from None
+            raise _unreadable(p, e) from None
         entries.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     return {"version": CACHE_VERSION, "val_fraction": val_fraction, "files": entries}
 

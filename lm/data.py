@@ -8,6 +8,7 @@ exactly the same data order, with or without DataLoader worker processes.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import signal
 
 import numpy as np
@@ -56,18 +57,13 @@ def batch_iterator(ids: np.ndarray, batch_size: int, block_size: int, seed: int,
     share of a data-parallel run, see lm.distributed); with num_workers > 0 they are built in worker
     processes."""
     if num_workers == 0:
-        index = start
-        while True:
+        for index in itertools.count(start, stride):
             yield window_batch(ids, batch_size, block_size, seed, index, stream)
-            index += stride
     dataset = WindowBatches(ids, batch_size, block_size, seed, stream)
 
     class _From(torch.utils.data.Sampler):
         def __iter__(self):
-            index = start
-            while True:
-                yield index
-                index += stride
+            return itertools.count(start, stride)
 
     # The loader's own generator: without it, starting the workers draws from the global RNG and
     # shifts every later dropout mask, so a resumed run would differ from an uninterrupted one.

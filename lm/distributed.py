@@ -74,10 +74,6 @@ class World:
         """True on every process when flag is True on at least one."""
         return self.sum([1.0 if flag else 0.0], device)[0] > 0
 
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier()
-
     def close(self, together: bool = True) -> None:
         """Leave the process group. together: every process gets here (the run ended, or stopped on
         request), so they first wait for each other (the main one may still be writing files); a process

@@ -10,6 +10,7 @@ Each batch is a pure function of (seed, index), so a resumed run replays the sam
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Callable, Iterator
@@ -217,10 +218,8 @@ class Seq2SeqJob:
 
     def batches(self, start: int, stride: int = 1) -> Iterator:
         """Training batches start, start + stride, ... (stride: the number of data-parallel processes)."""
-        index = start
-        while True:
+        for index in itertools.count(start, stride):
             yield self.batch(index)
-            index += stride
 
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         tokens = int(batch[1].sum() + (batch[3] != PAD).sum())  # counted on the host batch: no device sync
