@@ -137,28 +137,31 @@ def describe(m: dict) -> str:
 
 class PlainProgress:
     """Progress for a log file or pipe (not a terminal): a plain line at each tenth of the run and at
-    least every `every` seconds, instead of a progress bar's carriage-return frames."""
+    least every `every` seconds, instead of a progress bar's carriage-return frames. The run is counted
+    in steps, or (unit "s", a run by the clock) in seconds of training of its max_time budget."""
 
-    def __init__(self, total: int, start: int, stream=sys.stderr, every: float = 30.0):
-        self.total, self.step, self.stream, self.every = total, start, stream, every
-        self.start_step, self.t0 = start, time.monotonic()
-        self.last_time, self.last_tenth = None, 10 * start // max(1, total)
+    def __init__(self, total: float, start: float, stream=sys.stderr, every: float = 30.0, unit: str = "step"):
+        self.total, self.n, self.stream, self.every, self.unit = total, start, stream, every, unit
+        self.start, self.t0 = start, time.monotonic()
+        self.last_time, self.last_tenth = None, int(10 * start // (total or 1))
 
-    def update(self, n: int = 1) -> None:
-        self.step += n
+    def update(self, n: float = 1) -> None:
+        self.n += n
 
     def log(self, e: dict) -> None:
         now = time.monotonic()
-        tenth = 10 * self.step // max(1, self.total)
+        tenth = int(10 * self.n // (self.total or 1))
         if self.last_time is not None and tenth == self.last_tenth and now - self.last_time < self.every \
-                and self.step < self.total:
+                and self.n < self.total:
             return
         self.last_time, self.last_tenth = now, tenth
         spent = now - self.t0
-        done = self.step - self.start_step
-        left = spent / done * (self.total - self.step) if done else 0.0
-        print(f"train: step {self.step}/{self.total} ({100 * self.step / max(1, self.total):.0f}%), "
-              f"loss {e['train_loss']:.4f}, lr {e['lr']:.2e}, {e['tokens_per_sec']:,.0f} tok/s, "
+        done = self.n - self.start
+        left = spent / done * max(0.0, self.total - self.n) if done else 0.0
+        percent = f"({100 * self.n / (self.total or 1):.0f}%)"
+        where = (f"{self.n:.0f}/{self.total:.0f} s {percent}, step {e['step']}" if self.unit == "s"
+                 else f"step {self.n}/{self.total} {percent}")
+        print(f"train: {where}, loss {e['train_loss']:.4f}, lr {e['lr']:.2e}, {e['tokens_per_sec']:,.0f} tok/s, "
               f"{spent:.0f} s elapsed, ~{left:.0f} s left", file=self.stream, flush=True)
 
 
@@ -211,6 +214,7 @@ class Console:
         self.stream = stream
         self.bar = None  # tqdm on a terminal, PlainProgress otherwise
         self.stage = None  # (name, StageProgress) of the corpus preparation under way
+        self.budget = None  # max_time of a run by the clock (progress in seconds), else None (in steps)
 
     def __call__(self, e: dict) -> None:
         kind = e["event"]
@@ -243,11 +247,27 @@ class Console:
                   f"{e['train_tokens']:,} train / {e['val_tokens']:,} val tokens")
         elif kind == "start":
             t = e["config"]["train"]
+            self.budget = e.get("max_time")  # seconds of training, for a run by the clock
+            batch = f"batch {t['batch_size']} x {t['grad_accum']}"
+            if self.budget is None:
+                length = f"{e['total_steps']} steps of {batch}"
+            else:
+                cap = f"; or at most {e['total_steps']} steps" if e["total_steps"] is not None else ""
+                length = f"training for {self.budget:g} s of training time (evaluation excluded{cap}), {batch}"
             print(f"model: {e['params'] / 1e6:.2f}M parameters, ~{e['flops_per_token'] / 1e6:.1f} MFLOPs per "
                   f"token (training); device {e['device']}, dtype {e['dtype']} ({e['dtype_reason']}); "
-                  f"{'torch.compile (the first step compiles); ' if e['compiled'] else ''}{e['total_steps']} steps of "
-                  f"batch {t['batch_size']} x {t['grad_accum']}; run {e['run_id']}", flush=True)
-            if self.stream.isatty():
+                  f"{'torch.compile (the first step compiles); ' if e['compiled'] else ''}{length}; "
+                  f"run {e['run_id']}", flush=True)
+            if self.budget is not None:  # progress in seconds of the budget, e.g. "123/600 s"
+                start = min(e["start_elapsed"], self.budget)
+                if self.stream.isatty():
+                    self.bar = tqdm(total=self.budget, initial=start, desc="train", unit="s",
+                                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
+                                               "[{elapsed}<{remaining}{postfix}]",
+                                    dynamic_ncols=True, mininterval=0.5, file=self.stream)
+                else:
+                    self.bar = PlainProgress(self.budget, start, self.stream, unit="s")
+            elif self.stream.isatty():
                 self.bar = tqdm(total=e["total_steps"], initial=e["start_step"], desc="train", unit="step",
                                 dynamic_ncols=True, mininterval=0.5, file=self.stream)
             else:
@@ -255,7 +275,12 @@ class Console:
         elif kind == "warning":
             tqdm.write(f"warning: {e['message']}", file=sys.stderr)
         elif kind == "step":
-            self.bar.update(1)
+            if self.budget is None:
+                self.bar.update(1)
+            else:  # by the clock: up to the training time so far (set exactly, without summing rounding)
+                done = min(e["elapsed_s"], self.budget)
+                self.bar.update(done - self.bar.n)
+                self.bar.n = done
         elif kind == "log":
             if isinstance(self.bar, PlainProgress):
                 self.bar.log(e)

@@ -115,6 +115,12 @@ class TrainConfig:
     # optimizer steps; with epochs also set, the run stops at whichever comes first. A file or
     # command line that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
     max_iters: Optional[int] = 1000
+    # seconds of training (run time without evaluation, metrics elapsed_s) after which the run ends, on
+    # any machine; cosine and wsd then decay over the fraction of this budget used (the warm-up stays in
+    # warmup_iters steps). Set in the same file or command line as max_iters or epochs, the run stops at
+    # whichever is reached first, and the schedule still follows the time. A time-budgeted run cannot
+    # resume bit-exactly (its schedule follows measured time). null = the run's length is in steps.
+    max_time: Optional[float] = None
     # peak learning rate (AdamW)
     lr: float = 2e-3
     # adamw | muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, norms and biases)
@@ -196,7 +202,7 @@ TOKENIZERS = ("char", "bpe", *TIKTOKEN_ENCODINGS)
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_MAX = 2**63 - 1
-RUN_LENGTH = {"train.epochs", "train.max_iters"}  # the settings that decide how long a run is
+RUN_LENGTH = {"train.epochs", "train.max_iters", "train.max_time"}  # the settings that decide how long a run is
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -350,8 +356,8 @@ def build(values: dict | None = None, overrides: list[tuple[str, Any]] | None = 
     for key, value in overrides or []:
         section, name = _split_key(key)
         given[f"{section}.{name}"] = value
-    # The run's length is set by the last layer (defaults < file < overrides) that sets epochs or
-    # max_iters: the other one is then null, so "--epochs=3" means 3 epochs whatever the file says.
+    # The run's length is set by the last layer (defaults < file < overrides) that sets epochs, max_iters
+    # or max_time: the others are then null, so "--epochs=3" means 3 epochs whatever the file says.
     for layer in (given, flat):
         if RUN_LENGTH & layer.keys():
             for key in RUN_LENGTH - layer.keys():
@@ -416,8 +422,9 @@ def validate(cfg: Config) -> None:
              f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
         need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
         need(t.epochs is None, "epochs", t.epochs,
-             "generated tasks have no fixed data to pass over; set max_iters instead (epochs: null)")
-        need(t.max_iters is not None, "max_iters", t.max_iters, "generated tasks need max_iters (a number of steps)")
+             "generated tasks have no fixed data to pass over; set max_iters or max_time instead (epochs: null)")
+        need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
+             "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
     need(d.grid_op in GRID_OPS, "grid_op", d.grid_op, f"choose one of: {', '.join(GRID_OPS)}")
     for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
         need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
@@ -464,6 +471,8 @@ def validate(cfg: Config) -> None:
         need(getattr(t, key) > 0, key, getattr(t, key), "it must be a positive integer")
     need(t.epochs is None or t.epochs > 0, "epochs", t.epochs, "it must be > 0 (or null)")
     need(t.max_iters is None or t.max_iters > 0, "max_iters", t.max_iters, "it must be > 0 (or null)")
+    need(t.max_time is None or t.max_time > 0, "max_time", t.max_time,
+         "it must be > 0 seconds of training (or null for a run by steps or epochs)")
     need(t.lr > 0, "lr", t.lr, "it must be > 0")
     need(0 <= t.min_lr <= t.lr, "min_lr", t.min_lr, f"it must be between 0 and lr ({t.lr})")
     need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
@@ -478,6 +487,10 @@ def validate(cfg: Config) -> None:
     need(t.lr_schedule != "noam" or t.lr_decay_iters is None, "lr_decay_iters", t.lr_decay_iters,
          "lr_schedule noam decays as 1/sqrt(step) and has no end step; leave lr_decay_iters null "
          "(it is for the cosine schedule)")
+    need(t.lr_decay_iters is None or t.max_time is None, "lr_decay_iters", t.lr_decay_iters,
+         f"with max_time ({t.max_time} s) the decay ends when the time budget is spent, not at a step; leave "
+         f"lr_decay_iters null, or give the run's length in steps (max_iters, max_time: null) to end the decay "
+         f"at step {t.lr_decay_iters}")
     need(t.lr_decay_iters is None or t.lr_decay_iters > t.warmup_iters, "lr_decay_iters", t.lr_decay_iters,
          f"the cosine decay must end after the warm-up: it must be > warmup_iters ({t.warmup_iters}), "
          f"or null for the run's last step")

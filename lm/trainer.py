@@ -1,8 +1,9 @@
 """The training loop, and the pieces it is made of.
 
 ``train(cfg)`` runs a whole job (language modelling or a seq2seq task, see ``lm.jobs``): it
-prepares the data, builds (or restores) the model and optimizer, trains with a warm-up +
-cosine (or Noam) learning rate, gradient accumulation and clipping, evaluates, writes
+prepares the data, builds (or restores) the model and optimizer, trains (for a number of steps or
+epochs, or by the clock for max_time seconds) with a warm-up + cosine (or Noam, or WSD) learning
+rate, gradient accumulation and clipping, evaluates, writes
 ``metrics.jsonl``, ``loss.png`` and checkpoints, and ends with a final evaluation. It prints nothing:
 progress goes to the ``on_event`` callback that the calling script owns.
 """
@@ -75,9 +76,10 @@ def explain_out_of_memory(cfg: Config, where: str):
 
 # ----------------------------------------------------------------------------- optimizer and schedule
 
-def lr_at(step: int, cfg: Config, total_steps: int) -> float:
+def lr_at(step: int, cfg: Config, total_steps: int | None, elapsed: float = 0.0) -> float:
     """Learning rate for a step (0-based), by lr_schedule. (Muon's muon_lr follows the same curve,
-    scaled: see lm.optim.Optimizers.set_lr_scale.)
+    scaled: see lm.optim.Optimizers.set_lr_scale.) elapsed: the seconds of training before the step,
+    used by a run by the clock (max_time) only.
 
     cosine: linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at step D
     (D = lr_decay_iters, or the run's total_steps when that is null):
@@ -88,6 +90,11 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
     wsd (warm-up, stable, decay): the same warm-up, then lr until the last decay_fraction of the D steps,
     then a linear decay to min_lr at step D:
         lr(s) = min_lr + (lr - min_lr) * min(1, (D - s) / (decay_fraction * D))
+    by the clock (max_time = T seconds): the warm-up stays in steps; after it, cosine and wsd follow the
+    fraction of the time budget used, f = min(1, elapsed / T) (elapsed before step s), reaching min_lr at T:
+        cosine: lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * f)) / 2
+        wsd:    lr(s) = min_lr + (lr - min_lr) * min(1, (1 - f) / decay_fraction)
+    (noam has no end: it is the same by steps or by the clock.)
     """
     t = cfg.train
     if t.lr_schedule == "noam":
@@ -95,6 +102,11 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
         return t.lr * min(s / t.warmup_iters, math.sqrt(t.warmup_iters / s))
     if step < t.warmup_iters:
         return t.lr * (step + 1) / t.warmup_iters
+    if t.max_time is not None:  # by the clock: the fraction of the time budget used
+        used = min(1.0, elapsed / t.max_time)
+        if t.lr_schedule == "wsd":
+            return t.min_lr + (t.lr - t.min_lr) * min(1.0, (1.0 - used) / t.decay_fraction)
+        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * used))
     decay_end = t.lr_decay_iters if t.lr_decay_iters is not None else total_steps
     if t.lr_schedule == "wsd":
         left = max(0.0, (decay_end - step) / max(1.0, t.decay_fraction * decay_end))
@@ -104,13 +116,23 @@ def lr_at(step: int, cfg: Config, total_steps: int) -> float:
     return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def total_steps(cfg: Config, steps_per_epoch: float | None) -> int:
+def total_steps(cfg: Config, steps_per_epoch: float | None) -> int | None:
     """Optimizer steps in the run: max_iters, epochs, or whichever comes first; one epoch by default.
-    steps_per_epoch is None for generated data, where only max_iters applies."""
+    None for a run by the clock alone (max_time, no max_iters or epochs): no step limit. steps_per_epoch
+    is None for generated data, where only max_iters applies."""
     t = cfg.train
-    epochs = t.epochs if t.epochs is not None else (None if t.max_iters is not None else 1.0)
+    by_length = t.max_iters is not None or t.max_time is not None
+    epochs = t.epochs if t.epochs is not None else (None if by_length else 1.0)
     by_epochs = max(1, math.ceil(epochs * steps_per_epoch)) if epochs is not None else None
-    return min(n for n in (by_epochs, t.max_iters) if n is not None)
+    limits = [n for n in (by_epochs, t.max_iters) if n is not None]
+    return min(limits) if limits else None
+
+
+def run_ended(step: int, elapsed: float, cfg: Config, n_steps: int | None) -> bool:
+    """The run's length is reached after `step` steps and `elapsed` seconds of training: n_steps
+    (None: no step limit), or max_time seconds, whichever comes first."""
+    max_time = cfg.train.max_time
+    return (n_steps is not None and step >= n_steps) or (max_time is not None and elapsed >= max_time)
 
 
 # ----------------------------------------------------------------------------- metrics file
@@ -321,7 +343,7 @@ class Run:
         with explain_out_of_memory(cfg, "while building the model and moving it to the device"):
             torch.manual_seed(t.seed)
             self.model = make_model(cfg).to(self.device)
-            self.optimizer = make_optimizer(self.model, cfg, self.device)
+            self.optimizer = make_optimizer(self.model, cfg, self.device, self.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.best_val, self.elapsed, self.window = 0, float("inf"), 0.0, Window()
         self.warnings: list[str] = []  # for the loop to report (emitted as "warning" events)
@@ -546,11 +568,13 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
         # are the previous run's files removed)
         if world.is_main:
             rundir.start(out_dir, info, clear)
+        # the run's length: n_steps (None: no step limit) and, by the clock, max_time seconds of training
         n_steps = total_steps(cfg, job.steps_per_epoch())
         emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
               "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
               "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None, "world_size": world.size,
-              "total_steps": n_steps, "start_step": run.step, "run_id": run.run_id, "config": cfg.to_dict()})
+              "total_steps": n_steps, "start_step": run.step, "max_time": t.max_time,
+              "start_elapsed": run.elapsed, "run_id": run.run_id, "config": cfg.to_dict()})
         _warn(run, emit)
         metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None, writes=world.is_main)
 
@@ -558,12 +582,12 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
         # process takes micro-batches rank, rank + N, ... of the run's sequence (lm.distributed)
         batches = job.batches(start=run.step * t.grad_accum + world.rank, stride=world.size)
         run.model.train()
-        while run.step < n_steps:
-            # --- one optimizer step
-            lr = lr_at(run.step, cfg, n_steps)
+        while not run_ended(run.step, run.elapsed, cfg, n_steps):
+            # --- one optimizer step (by the clock, its lr follows the time used before it)
+            lr = lr_at(run.step, cfg, n_steps, run.elapsed)
             loss = _timed_step(run, batches, lr)
             _warn(run, emit)
-            emit({"event": "step", "step": run.step, "loss": loss, "lr": lr})
+            emit({"event": "step", "step": run.step, "loss": loss, "lr": lr, "elapsed_s": run.elapsed})
 
             # --- log, and evaluate and save every eval_interval steps
             at_eval = run.step % t.eval_interval == 0
@@ -571,23 +595,33 @@ def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
                 _log_and_evaluate(run, metrics, lr, at_eval, emit)
 
             # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
-            if stop() and run.step < n_steps:
+            if stop() and not run_ended(run.step, run.elapsed, cfg, n_steps):
                 if not at_eval:
                     run.save("last.pt")
                 raise Interrupted(run.step, f"stopped at step {run.step}; {out_dir / 'last.pt'} holds it "
                                             f"(continue with --resume)")
 
-        # --- end: checkpoint the last step (evaluated), then the final evaluation
+        # --- end: checkpoint the last step (evaluated), then the final evaluation (a resumed run already at
+        # its end, e.g. stopped after its last step, comes here at once)
         return _finish(run, metrics, n_steps, emit, stop)
 
 
+def clock() -> float:
+    """The time source of a step's duration (run.elapsed, and max_time's budget); tests replace it."""
+    return time.perf_counter()
+
+
 def _timed_step(run: Run, batches, lr: float) -> float:
-    """train_step, counted in run.step, run.elapsed and the metrics window; returns the step's loss."""
-    t0 = time.perf_counter()
+    """train_step, counted in run.step, run.elapsed and the metrics window; returns the step's loss. By the
+    clock (max_time) with several processes, the step's duration is their mean, so every process sees the
+    same elapsed time and stops at the same step with the same learning rates."""
+    t0 = clock()
     loss, tokens = train_step(run, batches, lr)
     if run.device.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
+    dt = clock() - t0
+    if run.cfg.train.max_time is not None and run.world.size > 1:
+        dt = run.world.sum([dt])[0] / run.world.size
     run.step, run.elapsed = run.step + 1, run.elapsed + dt
     run.window.add(loss, tokens, dt)
     return loss
@@ -682,7 +716,7 @@ def _plot(metrics: MetricsLog, run: Run, emit: Event) -> None:
         emit({"event": "warning", "message": problem})
 
 
-def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Callable[[], bool]) -> dict:
+def _finish(run: Run, metrics: MetricsLog, n_steps: int | None, emit: Event, stop: Callable[[], bool]) -> dict:
     """Evaluate and checkpoint the last step (unless its evaluation was on schedule), then run the final
     evaluation: the whole validation split (lm) or the held-out sets (tasks). One record in metrics.jsonl,
     marked "final" (a resume past this point drops it)."""
@@ -706,4 +740,5 @@ def _finish(run: Run, metrics: MetricsLog, n_steps: int, emit: Event, stop: Call
     metrics.write(record)
     _plot(metrics, run, emit)
     emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(run.out_dir)})
-    return {**record, "best_val_loss": run.best_val, "total_steps": n_steps}
+    steps = run.step if run.cfg.train.max_time is not None else n_steps  # by the clock: the steps it took
+    return {**record, "best_val_loss": run.best_val, "total_steps": steps}
