@@ -1,6 +1,8 @@
 """Generate from a checkpoint.
 
-Language model: stream text to stdout as it is produced.
+Language model: stream text to stdout as it is produced (several samples: generated as one batch,
+each printed when the batch is done; sample i is seeded seed + i, as --num_samples 1 --seed seed+i is;
+see README, Sample).
     python sample.py --checkpoint out/shakespeare_char/best.pt --prompt "ROMEO:" \
         --max_new_tokens 500 --temperature 0.8 --top_k 40 --top_p 0.95 --num_samples 3 --seed 1
 Seq2seq task: print the model's output for one source sequence (greedy, or beam search).
@@ -47,8 +49,9 @@ def parse_args(argv):
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more random")
     p.add_argument("--top_k", type=int, default=None, help="sample only among the k most likely tokens")
     p.add_argument("--top_p", type=float, default=None, help="sample only within the nucleus of mass p, in (0, 1]")
-    p.add_argument("--num_samples", type=int, default=1, help="independent samples to generate")
-    p.add_argument("--seed", type=int, default=1337, help="random seed")
+    p.add_argument("--num_samples", type=int, default=1,
+                   help="independent samples, generated as one batch (sample i is seeded seed + i)")
+    p.add_argument("--seed", type=int, default=1337, help="random seed of the first sample (sample i: seed + i)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--input", default=None,
@@ -67,13 +70,8 @@ def read_prompt(args) -> str:
     return "\n" if args.prompt is None else args.prompt
 
 
-def sample_text(args, model, tokenizer, cfg, device) -> int:
-    """Language model: continue the prompt, streaming each token (its bytes, decoded as UTF-8) as it comes."""
-    if args.input is not None:
-        raise ValueError(f"--input is for seq2seq task checkpoints; {args.checkpoint} is a language model: use --prompt")
-    if args.num_samples < 1:
-        raise ValueError(f"--num_samples {args.num_samples} is not allowed; it must be >= 1")
-    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+def encode_prompt(args, tokenizer, cfg) -> tuple[str, list[int]]:
+    """The prompt and its token ids; a note on stderr when it is longer than the model's block_size."""
     prompt = read_prompt(args)
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character (the default prompt is a newline)")
@@ -84,20 +82,52 @@ def sample_text(args, model, tokenizer, cfg, device) -> int:
     if len(ids) > cfg.model.block_size:
         print(f"note: the prompt has {len(ids)} tokens; the model sees only the last "
               f"{cfg.model.block_size} (block_size)", file=sys.stderr)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    idx = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
-    for n in range(args.num_samples):
-        if n:
-            sys.stdout.write(SEPARATOR)
-        sys.stdout.write(prompt)
-        text = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a BPE token may end mid-character
-        for token in generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                              generator, use_cache=not args.no_cache):
-            sys.stdout.write(text.decode(tokenizer.token_bytes(token[0, 0].item())))
-            sys.stdout.flush()
-        sys.stdout.write(text.decode(b"", final=True) + "\n")
+    return prompt, ids
+
+
+def sample_text(args, model, tokenizer, cfg, device) -> int:
+    """Language model: continue the prompt. The --num_samples samples are generated as one batch; one sample
+    streams token by token, several are printed in order when the batch is done, SEPARATOR between them."""
+    if args.input is not None:
+        raise ValueError(f"--input is for seq2seq task checkpoints; {args.checkpoint} is a language model: use --prompt")
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples {args.num_samples} is not allowed; it must be >= 1")
+    check_sampling(args.temperature, args.top_k, args.top_p, args.max_new_tokens)
+    prompt, ids = encode_prompt(args, tokenizer, cfg)
+    n = args.num_samples
+    idx = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(n, 1)  # (N, T): the samples are one batch
+    # sample i draws from its own generator, seeded seed + i: the tokens --num_samples 1 --seed seed+i gives
+    generators = [torch.Generator(device=device).manual_seed(args.seed + i) for i in range(n)]
+    tokens = generate(model, idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, generators,
+                      use_cache=not args.no_cache)  # yields (N, 1) per step
+    if n == 1:
+        write_sample(prompt, (token[0, 0].item() for token in tokens), tokenizer, stream=True)
+    else:
+        write_samples(prompt, tokens, n, tokenizer)
     sys.stdout.flush()
     return 0
+
+
+def write_samples(prompt: str, tokens, n: int, tokenizer) -> None:
+    """Several samples: all are complete after the batch's last step; then each in order, SEPARATOR between."""
+    steps = list(tokens)  # max_new_tokens x (N, 1)
+    rows = torch.cat(steps, dim=1).tolist() if steps else [[] for _ in range(n)]  # N lists of max_new_tokens ids
+    for i, row in enumerate(rows):
+        if i:
+            sys.stdout.write(SEPARATOR)
+        write_sample(prompt, row, tokenizer, stream=False)
+
+
+def write_sample(prompt: str, token_ids, tokenizer, stream: bool) -> None:
+    """The prompt, the tokens' bytes decoded as UTF-8 (a BPE token may end mid-character), then a line
+    break; stream: flush after each token, as it is generated."""
+    sys.stdout.write(prompt)
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in token_ids:
+        sys.stdout.write(text.decode(tokenizer.token_bytes(token)))
+        if stream:
+            sys.stdout.flush()
+    sys.stdout.write(text.decode(b"", final=True) + "\n")
 
 
 def input_length(task, symbols: list[int]) -> int:

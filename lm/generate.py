@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -42,19 +42,39 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+# one random generator for a whole batch, or one per row (sample_next)
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Choose the next token from last-position logits (B, V); returns (B, 1). temperature 0 = greedy."""
+                top_p: float | None = None, generator: Generators = None) -> torch.Tensor:
+    """Choose the next token from last-position logits (B, V); returns (B, 1). temperature 0 = greedy.
+
+    generator: one torch.Generator for the whole batch, or a sequence of B, one per row: row i then
+    draws from generator[i] alone, with the same call as a batch of one, so its draw does not depend
+    on the other rows."""
     if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)
+        return logits.argmax(dim=-1, keepdim=True)  # no softmax, no float copy: the argmax of the logits
+    logits = logits.float()  # no copy when they are float32 already
+    if temperature != 1.0:  # x / 1 == x exactly: skip the division
+        logits = logits / temperature
+    probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)  # (B, V)
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)
+    draws = [torch.multinomial(probs[i : i + 1], 1, generator=g) for i, g in enumerate(generator)]  # B x (1, 1)
+    return torch.cat(draws)  # (B, 1)
+
+
+def _check_generators(generator: Generators, rows: int) -> None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if len(generator) != rows:
+        raise ValueError(f"{len(generator)} generators for a batch of {rows} rows: give one per row, or one")
 
 
 @torch.no_grad()
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, generator: torch.Generator | None = None,
+             top_p: float | None = None, generator: Generators = None,
              use_cache: bool = True) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens new tokens (each (B, 1)) continuing idx (B, T), one at a time.
 
@@ -63,24 +83,33 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     block_size. Once it no longer fits, the window slides and every position shifts, so
     (with absolute positional encodings) the window is recomputed in full each step; the
     tokens are the same as with use_cache=False.
+
+    generator: one for the batch, or one per row (see sample_next). With one per row, row i gets
+    the random draws it would get alone (idx[i:i+1] with generator[i]); its logits can still differ
+    from the lone run's in the last float bits (matrix products of B rows and of one row may round
+    differently), which changes a token only where two choices are that close (see README, Sample).
+
+    The context lives in one (B, T + max_new_tokens) buffer, allocated once, that each new token is
+    written into in place: the growing context is never concatenated or copied per token.
     """
     check_sampling(temperature, top_k, top_p, max_new_tokens)
-    if idx.size(1) == 0:
+    B, T = idx.shape
+    if T == 0:
         raise ValueError("the prompt is empty: give at least one token")
+    _check_generators(generator, B)
     model.eval()
     block_size = model.cfg.block_size
-    cache = None
-    for _ in range(max_new_tokens):
-        if use_cache and idx.size(1) <= block_size:
-            if cache is None:
-                cache = model.new_cache()
-                logits, _, _ = model(idx, cache=cache, last_only=True)  # prefill the prompt
-            else:
-                logits, _, _ = model(idx[:, -1:], cache=cache, last_only=True)  # (B, 1, V)
+    tokens = idx.new_empty(B, T + max_new_tokens)  # (B, T + max_new_tokens): the prompt, then each new token
+    tokens[:, :T] = idx
+    cache = model.new_cache() if use_cache else None
+    for t in range(T, T + max_new_tokens):  # t: the tokens so far
+        if cache is not None and t <= block_size:
+            new = tokens[:, :t] if t == T else tokens[:, t - 1 : t]  # prefill the prompt, then the newest token
+            logits, _, _ = model(new, cache=cache, last_only=True)  # (B, 1, V)
         else:
-            logits, _, _ = model(idx[:, -block_size:], last_only=True)  # (B, 1, V)
+            logits, _, _ = model(tokens[:, max(0, t - block_size) : t], last_only=True)  # (B, 1, V)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
-        idx = torch.cat([idx, nxt], dim=1)
+        tokens[:, t : t + 1] = nxt
         yield nxt
 
 

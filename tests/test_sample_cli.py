@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, offline_text
 
 TIMEOUT = 120
 ENDLESS = "10000000"  # more tokens than any test waits for: the run is always cut short
@@ -29,10 +29,13 @@ TINY = ["--block_size=16", "--batch_size=4", "--num_blocks=1", "--num_heads=2", 
         "--eval_iters=1", "--max_iters=2", "--eval_interval=2", "--device=cpu"]
 
 
-@pytest.fixture
-def lm_checkpoint(small_corpus, tmp_path):
-    out = tmp_path / "lm"
-    r = cli("train.py", f"--data_path={small_corpus}", f"--out_dir={out}", *TINY)
+@pytest.fixture(scope="module")
+def lm_checkpoint(tmp_path_factory):
+    """Trained once for the module (the tests only read it), on the small corpus of conftest.small_corpus."""
+    root = tmp_path_factory.mktemp("lm")
+    corpus, out = root / "small.txt", root / "lm"
+    corpus.write_text(offline_text()[:20_000], encoding="utf-8")
+    r = cli("train.py", f"--data_path={corpus}", f"--out_dir={out}", *TINY)
     assert r.returncode == 0, r.stderr
     return out / "best.pt"
 
@@ -115,3 +118,41 @@ def test_input_length_is_counted_as_training_counts_it():
     add = make_task("add", 10, max_len=6)
     for text, length in (("1234+987", 4), ("1+98765", 5), ("0+0", 1), ("000012+3", 2), ("100000+1", 6)):
         assert sample.input_length(add, add.parse(text)) == length, text
+
+
+def test_num_samples_is_one_batch_and_sample_i_is_seed_plus_i(lm_checkpoint):
+    """--num_samples 3 --seed 7 prints what --seed 7, 8 and 9 print one by one, SEPARATOR between; greedy
+    (temperature 0) samples are the lone greedy sample. 40 new tokens pass block_size 16: cached steps,
+    then the sliding window."""
+    import sample
+
+    args = ["--checkpoint", lm_checkpoint, "--prompt", "The ", "--max_new_tokens", 40, "--device", "cpu"]
+    sampled = [*args, "--temperature", 1.0, "--top_k", 30]
+    batch = cli("sample.py", *sampled, "--num_samples", 3, "--seed", 7)
+    alone = [cli("sample.py", *sampled, "--seed", seed) for seed in (7, 8, 9)]
+    for r in (batch, *alone):
+        assert r.returncode == 0, r.stderr
+    assert len({r.stdout for r in alone}) == 3  # three different samples
+    assert batch.stdout == sample.SEPARATOR.join(r.stdout for r in alone)
+    greedy = [*args, "--temperature", 0]
+    batch, alone = cli("sample.py", *greedy, "--num_samples", 3), cli("sample.py", *greedy)
+    assert batch.returncode == 0 and alone.returncode == 0, batch.stderr + alone.stderr
+    assert batch.stdout == sample.SEPARATOR.join([alone.stdout] * 3)
+
+
+def test_num_samples_calls_generate_once_with_a_batch(lm_checkpoint, monkeypatch, capsys):
+    import sample
+
+    calls, real_generate = [], sample.generate
+
+    def recording_generate(model, idx, *args, **kwargs):
+        calls.append(tuple(idx.shape))
+        return real_generate(model, idx, *args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", recording_generate)
+    code = sample.main(["--checkpoint", str(lm_checkpoint), "--prompt", "The ", "--max_new_tokens", "5",
+                        "--num_samples", "4", "--device", "cpu"])
+    assert code == 0
+    assert calls == [(4, len("The "))]  # one call, a (N, T) batch
+    out = capsys.readouterr().out
+    assert out.count(sample.SEPARATOR) == 3 and out.count("The ") >= 4

@@ -5,6 +5,8 @@ from lm.config import ModelConfig
 from lm.generate import check_sampling, filter_logits, generate, sample_next
 from lm.nn import GPT
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one intra-op thread is fastest
+
 
 def test_temperature_zero_is_greedy():
     logits = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
@@ -65,3 +67,70 @@ def test_same_seed_same_samples():
 def test_bad_sampling_settings(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         check_sampling(**kwargs)
+
+
+def tiny_gpt(block_size=16):
+    torch.manual_seed(0)
+    return GPT(ModelConfig(vocab_size=11, block_size=block_size, num_blocks=2, num_heads=2, embedding_dim=16)).eval()
+
+
+def run(model, prompt, new, seeds=None, **kwargs):
+    """generate() to the end: (B, new) tokens; seeds: one generator per row, seeded so."""
+    generator = None if seeds is None else [torch.Generator().manual_seed(s) for s in seeds]
+    return torch.cat(list(generate(model, prompt, new, generator=generator, **kwargs)), dim=1)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("kwargs", [dict(temperature=1.0), dict(temperature=0.7, top_k=5, top_p=0.9)])
+def test_a_row_with_its_own_generator_gets_the_tokens_it_gets_alone(use_cache, kwargs):
+    """Row i of a batch, drawing from generator i, gives the tokens of a batch of one with that generator:
+    within block_size (prompt 4 + 12 new) and past it (then 30 new: the window slides). Exact here; in
+    general the rows' logits may round differently from a lone row's (see the next test)."""
+    model = tiny_gpt()
+    prompt = torch.randint(11, (3, 4), generator=torch.Generator().manual_seed(2))
+    for new in (12, 30):
+        batch = run(model, prompt, new, seeds=[5, 6, 7], use_cache=use_cache, **kwargs)  # (3, new)
+        alone = [run(model, prompt[i : i + 1], new, seeds=[5 + i], use_cache=use_cache, **kwargs) for i in range(3)]
+        assert torch.equal(batch, torch.cat(alone))
+        # one generator for the whole batch: rows 1 and 2 draw other numbers than alone
+        shared = torch.cat(list(generate(model, prompt, new, generator=torch.Generator().manual_seed(5),
+                                         use_cache=use_cache, **kwargs)), dim=1)
+        assert not torch.equal(shared[1:], batch[1:])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_tokens_of_a_batch_equal_one_by_one(use_cache):
+    """Temperature 0 in a batch of 4 gives each row's lone greedy tokens (within and past block_size).
+    Only float rounding could differ between batch sizes (the next test bounds it); it would change a
+    token only where the two largest logits are that close."""
+    model = tiny_gpt()
+    prompt = torch.randint(11, (4, 3), generator=torch.Generator().manual_seed(3))
+    batch = run(model, prompt, 30, temperature=0.0, use_cache=use_cache)  # (4, 30)
+    alone = torch.cat([run(model, prompt[i : i + 1], 30, temperature=0.0, use_cache=use_cache) for i in range(4)])
+    assert torch.equal(batch, alone)
+    assert len(batch.unique()) > 1
+
+
+def test_a_batch_rows_logits_equal_a_lone_rows_up_to_rounding():
+    """What batching guarantees exactly is the random draws; the logits of a row agree with its lone run's
+    to float rounding (matrix products of 4 rows and of 1 may round differently)."""
+    model = tiny_gpt()
+    idx = torch.randint(11, (4, 12), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        cache = model.new_cache()
+        steps = [model(idx[:, :3], cache=cache, last_only=True)[0]]
+        steps += [model(idx[:, t : t + 1], cache=cache, last_only=True)[0] for t in range(3, 12)]
+        batch = torch.cat(steps, dim=1)  # (4, 10, V)
+        for i in range(4):
+            cache = model.new_cache()
+            steps = [model(idx[i : i + 1, :3], cache=cache, last_only=True)[0]]
+            steps += [model(idx[i : i + 1, t : t + 1], cache=cache, last_only=True)[0] for t in range(3, 12)]
+            torch.testing.assert_close(torch.cat(steps, dim=1)[0], batch[i], atol=1e-5, rtol=1e-5)
+
+
+def test_one_generator_per_row_or_one_for_all():
+    model = tiny_gpt()
+    prompt = torch.zeros(3, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3 rows"):
+        next(generate(model, prompt, 5, generator=[torch.Generator(), torch.Generator()]))
+    assert run(model, prompt, 5, seeds=[1, 2, 3]).shape == (3, 5)

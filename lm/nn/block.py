@@ -72,6 +72,12 @@ class LayerCache:
         self.cross_attn.reorder(index)
 
 
+def drop(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """dropout(x) in training; in eval, where dropout is the identity, x itself without the module call
+    (several per block and token when decoding)."""
+    return dropout(x) if dropout.training else x
+
+
 class PreNorm(nn.Module):
     """Pre-LayerNorm residual connection (GPT-2): x + Dropout(Sublayer(LN(x))); LN is the ``norm`` by name."""
 
@@ -81,14 +87,14 @@ class PreNorm(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return x + self.dropout(sublayer(self.norm(x)))
+        return x + drop(self.dropout, sublayer(self.norm(x)))
 
 
 class PostNorm(PreNorm):
     """Post-LayerNorm residual connection ("Attention Is All You Need"): LN(x + Dropout(Sublayer(x)))."""
 
     def forward(self, x, sublayer):
-        return self.norm(x + self.dropout(sublayer(x)))
+        return self.norm(x + drop(self.dropout, sublayer(x)))
 
 
 RESIDUAL = {"pre": PreNorm, "post": PostNorm}

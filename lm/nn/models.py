@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ModelConfig
-from .block import Block, LayerCache, make_norm
+from .block import Block, LayerCache, drop, make_norm
 from .position import make_positional
 
 
@@ -85,16 +85,16 @@ class Embedder(nn.Module):
         if start + T > self.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.block_size}")
         if pos is None:
-            pos = self.pos.consecutive(start, T, idx.device)  # (T,) or (T, 2)
+            pe, rope = self.pos.encode_consecutive(start, T, idx.device)
         else:
             self.pos.check(pos, T)
+            pe, rope = self.pos(pos), self.pos.rotation(pos)
         x = self.tok(idx)  # (B, T, C)
         if self.pos.token_scale != 1.0:
             x = x * self.pos.token_scale
-        pe = self.pos(pos)
         if pe is not None:
             x = x + pe  # (T, C) or (B, T, C)
-        return self.drop(x), self.pos.rotation(pos)
+        return drop(self.drop, x), rope
 
 
 def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:

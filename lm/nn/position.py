@@ -103,6 +103,11 @@ class Positional(nn.Module):
     def rotation(self, pos: torch.Tensor) -> Rotation | None:
         return None
 
+    def encode_consecutive(self, start: int, length: int, device=None) -> tuple[torch.Tensor | None, Rotation | None]:
+        """forward and rotation of the default positions start..start+length-1 (consecutive)."""
+        pos = self.consecutive(start, length, device)
+        return self(pos), self.rotation(pos)
+
 
 class LearnedPositional(Positional):
     """A trained vector per position, as in GPT: PE[pos] = W_pos[pos]."""
@@ -116,6 +121,10 @@ class LearnedPositional(Positional):
 
     def forward(self, pos):
         return self.weight[pos]  # (..., T, C)
+
+    def encode_consecutive(self, start, length, device=None):
+        # the rows weight[arange(start, start + length)] gathers, as a view: no position tensor, no gather
+        return self.weight[start : start + length], None  # (T, C)
 
 
 class SinusoidalPositional(Positional):
