@@ -50,6 +50,8 @@ def worker(config: str, target: float, evals: int, eval_tokens: int, overrides: 
         cfg = load(ROOT / config if not Path(config).is_absolute() else config, [f"--out_dir={out}", *overrides])
         t, m = cfg.train, cfg.model
         steps = t.max_iters
+        if eval_every is None and steps is None:
+            raise SystemExit(f"{config} runs by the clock (max_time, no max_iters): give --eval_every")
         t.eval_interval = eval_every or max(1, steps // evals)
         t.eval_iters = max(1, math.ceil(eval_tokens / (t.batch_size * m.block_size)))
         t.log_interval = t.eval_interval
