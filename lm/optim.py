@@ -128,10 +128,10 @@ class Muon(torch.optim.Optimizer):
                 else:
                     O = orthogonalize(pairs[0][1], **ns)[None]  # (1, r, n)
                 for (p, _), o in zip(pairs, O):
+                    step_size = adjusted_lr(lr, p.shape, group["adjust_lr_fn"])
                     p.mul_(1 - lr * wd)
-                    p.add_(o.mT if p.size(0) > p.size(1) else o, alpha=-adjusted_lr(lr, p.shape, group["adjust_lr_fn"]))
+                    p.add_(o.mT if p.size(0) > p.size(1) else o, alpha=-step_size)  # back to p's (m, n)
         return loss
-
 
 
 def muon_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
