@@ -305,7 +305,7 @@ def test_train_stops_during_preparation_on_request(tmp_path):
     assert not list((tmp_path / "run").glob("*.pt"))
 
 
-def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatch):
+def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatch, one_thread):
     # three files of one repeated word each; a sample of 5 pieces of 1,000 characters, evenly spread over
     # the training split, sees all three: the 15 merges asked for make each word (with its space) one token
     import lm.corpus
@@ -318,7 +318,7 @@ def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatc
         write(root / f"{k}.txt", f"{word}{k} " * 5000 + "\n")
     events = []
     cfg = tiny_config(tmp_path, root, "--tokenizer=bpe", "--vocab_size=271", "--tokenizer_sample=5000",
-                      "--val_fraction=0.05")
+                      "--val_fraction=0.05", "--dtype=float32", "--max_iters=40", "--lr=1e-2", "--eval_interval=40")
     summary = train(cfg, on_event=events.append)
     message = next(e["message"] for e in events if e["event"] == "tokenizer")
     assert "from 5,000 characters of the training split (99,752), in 5 evenly spaced pieces" in message
@@ -327,7 +327,36 @@ def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatc
     assert merges[-1]["done"] == merges[-1]["total"] == 15
     tok = tokenizer_from_state(load(tmp_path / "run" / "last.pt")["tokenizer"])
     assert [len(tok.encode(f" {word}")) for word in ("alpha", "bravo", "delta")] == [1, 1, 1]
-    assert summary["final_val_loss"] > 0
+    # the final loss is the checkpoint's over the whole validation split (float32: to 1e-5); 40 steps take it
+    # well below the uniform log(271) = 5.6, so tokens left out or counted twice would show (a model near
+    # uniform loses about as much on every token)
+    by_hand = val_loss_by_hand(tmp_path / "run", root)
+    assert summary["final_val_loss"] == pytest.approx(by_hand, rel=1e-5)
+    assert by_hand < 0.5 * np.log(271)
+
+
+def val_loss_by_hand(run: Path, root: Path) -> float:
+    """The mean loss of run's last.pt over every token of its validation split but the first, computed here: the
+    split (data/val.bin) checked to decode to the corpus's tail past the 99,752 training characters, cut into
+    consecutive block_size windows, each token's -log p of the next summed in float64, one window at a time."""
+    import torch
+
+    from lm.checkpoint import load_model
+
+    model, tok, cfg = load_model(run / "last.pt")
+    meta = json.loads((run / "data" / "meta.json").read_text())
+    val = np.fromfile(run / "data" / "val.bin", dtype=meta["dtype"]).astype(np.int64)
+    text = "".join(path.read_text(encoding="utf-8") for path in sorted(root.glob("*.txt")))
+    assert tok.decode(val.tolist()) == text[99_752:]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(val) - 1, cfg.model.block_size):
+            window = torch.from_numpy(val[start : start + cfg.model.block_size + 1])
+            logits = model(window[None, :-1])[0][0].double()
+            total -= torch.log_softmax(logits, -1).gather(1, window[1:, None]).sum().item()
+            count += len(window) - 1
+    assert count == len(val) - 1
+    return total / count
 
 
 def test_the_main_process_sends_heartbeats_while_it_prepares(monkeypatch, tmp_path):

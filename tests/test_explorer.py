@@ -112,7 +112,7 @@ def test_maps_that_do_not_match_the_tokens_are_refused():
         explorer_html(data)
     data = lm_data()
     data["attentions"]["decoder_self"][0][0][0][0] = float("nan")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         explorer_html(data)
 
 
@@ -245,7 +245,8 @@ def test_hovering_a_cell_reads_it_out(show):
 
 def test_whitespace_is_made_visible_in_the_readout(show):
     data = lm_data()
-    page = show(data).page
+    opened = show(data)
+    page = opened.page
     tokens, rows = data["tokens"], data["attentions"]["decoder_self"][0][0]
     q = tokens.index("\n")
     k = tokens.index(" ")
@@ -254,6 +255,7 @@ def test_whitespace_is_made_visible_in_the_readout(show):
     q = tokens.index("\t")
     hover_cell(page, q, q)
     assert page.inner_text("#readout") == f'query {q} "⇥" → key {q} "⇥": {rows[q][q]:.4f}'
+    opened.assert_clean()
 
 
 def test_all_heads_are_shown_and_a_click_opens_one(show):

@@ -108,7 +108,7 @@ def test_pad_and_unpad_round_trip():
     ids, mask = pad_sequences(seqs, PAD)
     assert ids.shape == (3, 3) and mask.tolist() == [[True] * 3, [False] * 3, [True, False, False]]
     assert unpad(ids, mask) == seqs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"length 2 is shorter than the longest sequence \(3\)"):
         pad_sequences(seqs, PAD, length=2)
 
 
@@ -384,8 +384,14 @@ def test_short_copy_run_learns_the_task(tmp_path):
     cfg = config.load(None, ["--task=copy", "--max_len=8", "--eval_long_len=10", "--held_out_size=200",
                              "--block_size=12", "--num_blocks=2", "--num_heads=4", "--embedding_dim=64",
                              "--batch_size=64", "--max_iters=300", "--eval_interval=300", "--lr=3e-3",
-                             "--min_lr=3e-4", "--warmup_iters=50", "--device=cpu", f"--out_dir={tmp_path}"])
-    summary = train(cfg)
+                             "--min_lr=3e-4", "--warmup_iters=50", "--device=cpu", f"--out_dir={tmp_path}",
+                             "--dtype=float32"])  # not auto (bfloat16 on some CPUs): the same run everywhere
+
+    def on_event(event):  # checked at the start: a run in another dtype fails at once, not after training
+        if event["event"] == "start":
+            assert event["dtype"] == "float32", event["dtype_reason"]
+
+    summary = train(cfg, on_event=on_event)
     assert summary["final_val_exact"] >= 0.95, summary
     assert {"final_long_exact", "final_long_token_acc", "final_val_token_acc"} <= summary.keys()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -5,9 +5,11 @@ attention records of real checkpoints, visualize.py end to end (PNGs, attention.
 import hashlib
 import json
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from helpers import cli, tiny
@@ -105,9 +107,10 @@ def checkpoints(tmp_path_factory, request):
     corpus = root / "corpus.txt"
     corpus.write_text("ROMEO: hello there, Juliet!\nJULIET: hello, Romeo.\n" * 40, encoding="utf-8")
     seq2seq = ["--block_size=24", "--num_blocks=2", "--num_heads=4", "--embedding_dim=32", "--max_iters=6",
-               "--eval_interval=3", "--batch_size=8", "--held_out_size=20", "--device=cpu", "--warmup_iters=2"]
+               "--eval_interval=3", "--batch_size=8", "--held_out_size=20", "--device=cpu", "--warmup_iters=2",
+               "--dtype=float32"]  # not auto: the same weights on a CPU with native bfloat16
     runs = {
-        "lm": tiny(corpus, root / "lm", "--max_iters=6", "--eval_interval=3", "--num_blocks=2"),
+        "lm": tiny(corpus, root / "lm", "--max_iters=6", "--eval_interval=3", "--num_blocks=2", "--dtype=float32"),
         "copy": ["--task=copy", "--max_len=6", "--eval_long_len=8", f"--out_dir={root / 'copy'}", *seq2seq],
         "grid": ["--task=grid", "--min_len=2", "--max_len=3", "--eval_long_len=3", "--num_symbols=5",
                  "--pos_encoding=learned_2d", "--attention=differential", f"--out_dir={root / 'grid'}", *seq2seq],
@@ -186,6 +189,39 @@ def pngs(directory):
     return sorted(p.name for p in directory.glob("*.png"))
 
 
+def rgb(png):
+    """A PNG's pixels as an (H, W, 3) int array."""
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def _run(mask):
+    """(start, stop) of the first run of True in a 1-D mask."""
+    assert mask.any(), "nothing drawn"
+    start = int(np.argmax(mask))
+    rest = mask[start:]
+    return start, start + (int(np.argmin(rest)) if not rest.all() else len(rest))
+
+
+def heatmap_cells(png, rows, cols):
+    """The RGB at the middle of every cell of the heatmap of a one-head PNG, (rows, cols, 3), found from the
+    pixels alone: the leftmost band of columns mostly drawn on (the colour bar is the next band), and in it
+    the rows drawn on from edge to edge; the band is cut into rows x cols equal cells."""
+    image = rgb(png)
+    drawn = (image != 255).any(-1)  # on the white background
+    x0, x1 = _run(drawn.sum(0) > 0.5 * drawn.sum(0).max())
+    y0, y1 = _run(drawn[:, x0:x1].mean(1) > 0.95)
+    ys = (y0 + (np.arange(rows) + 0.5) * (y1 - y0) / rows).astype(int)
+    xs = (x0 + (np.arange(cols) + 0.5) * (x1 - x0) / cols).astype(int)
+    return image[ys[:, None], xs[None, :]]
+
+
+def scale_colour(cmap, fraction):
+    """RGB (0..255) of matplotlib's colour map at fraction (0..1) of its range."""
+    return np.array(matplotlib.colormaps[cmap](fraction)[:3]) * 255
+
+
 def test_visualize_a_language_model(checkpoints, tmp_path):
     out = tmp_path / "viz"
     done = cli("visualize.py", "--checkpoint", checkpoints / "lm" / "best.pt", "--text", "ROMEO: hello",
@@ -200,6 +236,16 @@ def test_visualize_a_language_model(checkpoints, tmp_path):
     assert list(data["attentions"]) == ["decoder_self"]
     assert np.array(data["attentions"]["decoder_self"]).shape == (2, 2, 12, 12)
     assert data["config"]["pos_encoding"] == "learned"
+    # the one-head PNG draws that head's weights: nothing above the diagonal (causal), every row has its
+    # weights, each cell in the colour of its weight on the record's 0..max scale
+    weights = np.array(data["attentions"]["decoder_self"])
+    cells = heatmap_cells(out / "decoder_self_layer0_head1.png", 12, 12)
+    future = np.triu(np.ones((12, 12), bool), k=1)
+    zero = scale_colour("Blues", 0.0)
+    assert (np.abs(cells[future] - zero) <= 2).all()  # the weight-0 colour, not the white background
+    assert (np.abs(cells - zero).max(-1) > 8).any(-1).all()  # each row: a weight >= 1/12, drawn darker
+    expected = np.stack([scale_colour("Blues", w / weights.max()) for w in weights[0, 1].ravel()]).reshape(12, 12, 3)
+    assert np.abs(cells - expected).max() <= 3
     html = (out / "attention.html").read_text()
     assert "http://" not in html and "https://" not in html
     assert str(out / "attention.html") in done.stdout
@@ -248,7 +294,14 @@ def test_heatmaps_use_a_diverging_scale_centred_on_zero_for_signed_weights(tmp_p
     cmap, norm = plots._colours(signed)
     assert cmap == "RdBu_r" and norm.vmin == -norm.vmax == pytest.approx(-0.9)
     plots.plot_head(signed, "decoder_self", 0, 0, tmp_path / "h.png")
-    assert (tmp_path / "h.png").stat().st_size > 0
+    cells = heatmap_cells(tmp_path / "h.png", 2, 2)  # what the PNG shows, from its pixels
+    for (q, k), w in np.ndenumerate(signed.maps["decoder_self"][0, 0]):
+        assert np.abs(cells[q, k] - scale_colour("RdBu_r", (w + 0.9) / 1.8)).max() <= 3, (q, k, cells[q, k])
+    red, _, blue = cells[0, 0]
+    assert red > blue + 60  # 0.9: red
+    red, _, blue = cells[1, 0]
+    assert blue > red + 60  # -0.4: blue
+    assert cells[0, 1].min() >= 240  # 0: the middle of the scale, near white
 
 
 def test_heatmaps_put_queries_on_rows_and_keys_on_columns(checkpoints, tmp_path):
@@ -346,10 +399,30 @@ def test_runs_are_overlaid_and_labelled_by_the_settings_that_differ(checkpoints,
     early.mkdir()
     (early / "metrics.jsonl").write_text('{"step": 1, "train_loss": 2.5, "elapsed_s": 0.1}\n')
     assert load_runs([early, checkpoints / "copy"])[0][0] == f"{early} (no checkpoint yet: settings unknown)"
-    done = cli("visualize.py", "--runs", checkpoints / "copy", checkpoints / "lm", "--out", tmp_path)
+    # one validation curve per run in each panel (loss against step, against time), labelled, a colour each,
+    # through the run's own metrics.jsonl records
+    dirs = [checkpoints / "copy", checkpoints / "lm"]
+    runs = load_runs(dirs)
+    fig = plots.plot_runs(runs, tmp_path / "direct.png")
+    colours = []
+    for ax, x in zip(fig.axes[:2], ("step", "elapsed_s")):
+        curves = [line for line in ax.get_lines() if not line.get_label().startswith("_")]  # the labelled ones
+        assert [line.get_label() for line in curves] == [label for label, _ in runs]
+        for line, run_dir in zip(curves, dirs):
+            rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            points = [(r[x], r["val_loss"]) for r in rows if "val_loss" in r]
+            assert len(points) == 2 and list(zip(line.get_xdata(), line.get_ydata())) == points
+        colours.append([to_rgb(line.get_color()) for line in curves])
+    assert colours[0] == colours[1] and len(set(colours[0])) == 2
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [label for label, _ in runs]
+    # visualize.py --runs draws them: each run's colour in both halves of runs.png (the legend is in the left one)
+    done = cli("visualize.py", "--runs", *dirs, "--out", tmp_path)
     assert done.returncode == 0, done.stderr
-    with Image.open(tmp_path / "runs.png") as image:
-        assert image.format == "PNG"
+    image = rgb(tmp_path / "runs.png")
+    middle = image.shape[1] // 2
+    for colour in colours[0]:
+        near = (np.abs(image - np.array(colour) * 255) <= 30).all(-1)
+        assert near[:, :middle].sum() > 100 and near[:, middle:].sum() > 100, colour
 
 
 def test_runs_refuses_a_directory_that_is_not_a_run(checkpoints, tmp_path):
