@@ -4,6 +4,7 @@ import re
 import pytest
 import yaml
 
+import train as train_cli
 from conftest import ROOT
 from lm import config
 from lm.config import ConfigError
@@ -61,11 +62,34 @@ def test_overrides(override, section, name, value):
     assert getattr(getattr(cfg, section), name) == value
 
 
-@pytest.mark.parametrize("name", ["data_path", "out_dir", "max_iters", "epochs", "batch_size", "block_size", "lr",
-                                  "eval_interval", "log_interval", "seed", "num_blocks", "num_heads",
-                                  "embedding_dim", "dropout", "device"])
-def test_required_bare_names_are_overridable(name):
-    assert name in config.FIELD_SECTION
+@pytest.mark.parametrize("name,value,expected,bad,message", [
+    ("data_path", "corpus/a.txt", "corpus/a.txt", " ", "data_path: ' ' is not allowed"),
+    ("out_dir", "runs/a", "runs/a", " ", "out_dir: ' ' is not allowed"),
+    ("max_iters", "7", 7, "0", "max_iters: 0 is not allowed"),
+    ("epochs", "0.5", 0.5, "-1", "epochs: -1.0 is not allowed"),
+    ("batch_size", "8", 8, "0", "batch_size: 0 is not allowed"),
+    ("block_size", "32", 32, "-3", "block_size: -3 is not allowed"),
+    ("lr", "1e-3", 1e-3, "abc", "lr: 'abc' is not a number"),
+    ("eval_interval", "5", 5, "0", "eval_interval: 0 is not allowed"),
+    ("log_interval", "3", 3, "0", "log_interval: 0 is not allowed"),
+    ("seed", "7", 7, "-1", "seed: -1 is not allowed"),
+    ("num_blocks", "2", 2, "0", "num_blocks: 0 is not allowed"),
+    ("num_heads", "8", 8, "3", "divisible by num_heads (3)"),
+    ("embedding_dim", "64", 64, "30", "embedding_dim: 30 is not allowed; it must be divisible by num_heads (4)"),
+    ("dropout", "0.2", 0.2, "1.5", "dropout: 1.5 is not allowed"),
+    ("device", "cpu", "cpu", "tpu", "device: 'tpu' is not allowed"),
+])
+def test_required_bare_names_are_overridable(name, value, expected, bad, message):
+    """Each of the keys a run needs, given on train.py's command line by its bare name (as --name=value and
+    as --name value), changes the resolved config from its default to the value; a bad value is refused,
+    the message naming the key and the value."""
+    section = config.FIELD_SECTION[name]
+    assert getattr(getattr(config.Config(), section), name) != expected  # the default is another value
+    for argv in ([f"--{name}={value}"], [f"--{name}", value]):
+        cfg, _ = train_cli.load_config(train_cli.parse_args(argv))
+        assert getattr(getattr(cfg, section), name) == expected, argv
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train_cli.load_config(train_cli.parse_args([f"--{name}={bad}"]))
 
 
 @pytest.mark.parametrize("text,needles", [

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import cli, losses, metrics, tiny, wait_for
+from helpers import cli, losses, metrics, require_compiler, tiny, wait_for
 from lm.checkpoint import load as load_checkpoint
 
 TIMEOUT = 240
@@ -206,6 +206,7 @@ def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
 
 def test_compile_with_two_processes_keeps_the_losses(small_corpus, tmp_path):
     """torch.compile over DistributedDataParallel, with no_sync on 1 of each process's 2 micro-batches."""
+    require_compiler()
     one, two = tmp_path / "one", tmp_path / "two"
     same = [*SAME_MODEL[:-2], "--grad_accum=4", "--eval_interval=2", "--max_iters=4"]
     assert cli("train.py", *tiny(small_corpus, one, *same)).returncode == 0

@@ -80,10 +80,20 @@ def test_too_long_input_is_refused():
 
 
 def test_head_is_tied_to_embedding_and_counts_are_reported():
+    """The counts of tiny() (V = 11, T = 16, C = 16, 2 blocks), by hand: each block has two LayerNorms
+    (weight and bias, 2 x 2C), q and out projections (C x C + C each), k and v (C x 2C + 2C) and a C x 4C,
+    4C x C feed-forward with biases; the final LayerNorm 2C; the tied head adds nothing. flops_per_token is
+    Kaplan's 6 N + 6 L T C + 6 C V, N the parameters outside the embeddings."""
     model = tiny()
     assert model.head.weight is model.embed.tok.weight
-    assert model.num_params() == sum(p.numel() for p in model.parameters())
-    assert model.flops_per_token() > 6 * 2 * 16 * 16
+    block = 2 * (16 + 16) + 2 * (16 * 16 + 16) + (16 * 32 + 32) + (16 * 64 + 64) + (64 * 16 + 16)  # 3280
+    non_embedding = 2 * block + (16 + 16)  # 6592
+    embeddings = 11 * 16 + 16 * 16  # tokens and learned positions: 432
+    assert model.num_params() == non_embedding + embeddings == 7024
+    assert model.flops_per_token() == 6 * non_embedding + 6 * 2 * 16 * 16 + 6 * 16 * 11
+    untied = GPT(ModelConfig(vocab_size=11, block_size=16, num_blocks=2, num_heads=2, embedding_dim=16,
+                             tie_head=False))
+    assert untied.num_params() == 7024 + 11 * 16  # the head's own V x C matrix
 
 
 @pytest.mark.parametrize("model_class", [GPT, EncoderDecoder])
