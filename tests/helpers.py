@@ -10,7 +10,9 @@ import torch
 
 from conftest import ROOT
 
-TIMEOUT = 180
+# The most one command (a train.py or sample.py run) may take: a guard against a hang, not a speed check. The
+# longest here (300 steps of a 2-block model, tests/test_reliability.py) took 404 s on 2 busy cores (load 5).
+TIMEOUT = 600
 
 
 def cli(script, *args, cwd=None, timeout=TIMEOUT, env=None, launcher=None, **kwargs):
@@ -20,8 +22,10 @@ def cli(script, *args, cwd=None, timeout=TIMEOUT, env=None, launcher=None, **kwa
                           capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
 
 
-def popen(script, *args, **kwargs):
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], stdout=subprocess.PIPE,
+def popen(script, *args, launcher=None, **kwargs):
+    """Start ROOT/script with args (through launcher first, as cli does), its output piped."""
+    pre = [str(launcher)] if launcher else []
+    return subprocess.Popen([sys.executable, *pre, str(ROOT / script), *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
@@ -49,17 +53,32 @@ def checkpoints(directory):
     return {k: v for k, v in snapshot(directory).items() if k.suffix == ".pt"}
 
 
-def wait_for(predicate, proc, what, limit=90.0, kill=None):
-    """Poll predicate until it holds; fail if proc ends first or limit seconds pass (then kill(), by
-    default proc.kill(), ends it)."""
+def wait_for(predicate, proc, what, limit=TIMEOUT, kill=None):
+    """Poll predicate (a state that, once reached, stays: a file, a count of lines) until it holds; fail if
+    proc ends first, or if limit seconds pass (then kill(), by default proc.kill(), ends it), with its
+    stderr. A wait is for part of one command's run, so by default it may take as long as a whole command
+    (TIMEOUT); it returns as soon as the state is reached, so a wide limit costs nothing."""
     deadline = time.monotonic() + limit
     while not predicate():
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended (code {proc.returncode}) before {what}: {proc.stderr.read()}")
+            raise AssertionError(f"the run ended (code {proc.returncode}) before {what}: {stderr_of(proc)}")
         if time.monotonic() > deadline:
             (kill or proc.kill)()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.002)
+            raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}: {stderr_of(proc)}")
+        time.sleep(0.01)
+
+
+def stderr_of(proc, limit=10.0):
+    """The rest of an ended (or killed) proc's stderr, read for at most limit seconds: a process it started
+    (a data-loader worker, a torchrun worker) may still hold the pipe open."""
+    if proc.stderr is None:
+        return "(stderr not captured)"
+    try:
+        return proc.communicate(timeout=limit)[1]
+    except subprocess.TimeoutExpired as e:
+        part = e.stderr or b""
+        part = part.decode(errors="replace") if isinstance(part, bytes) else part
+        return f"{part}\n(the rest unread: the pipe was still open {limit:.0f} s later)"
 
 
 def all_finite(ckpt):
@@ -80,3 +99,45 @@ def launcher(tmp_path, body, name="launch.py"):
                     "\nsys.argv = sys.argv[1:]\n"
                     "runpy.run_path(sys.argv[0], run_name='__main__')\n")
     return path
+
+
+def cpp_compiler() -> str | None:
+    """The path of the C++ compiler torch.compile's CPU backend (Inductor) would use, or None: as
+    torch._inductor.cpp_builder.get_cpp_compiler searches, the first of torch._inductor.config.cpp.cxx
+    (the CXX variable, else g++; clang++ on macOS) that is on PATH. Its None entry, a g++ that Inductor
+    downloads with conda only when TORCH_INDUCTOR_INSTALL_GXX is set, is passed over."""
+    import shutil
+
+    try:
+        from torch._inductor import config as inductor_config
+
+        search = inductor_config.cpp.cxx
+        names = list(search) if isinstance(search, (list, tuple)) else [search]
+    except (ImportError, AttributeError):  # an Inductor without this setting
+        names = []
+    for name in [n for n in names if n] or ["g++", "clang++", "c++"]:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def require_compiler() -> None:
+    """Skip the calling test where torch.compile cannot compile on this machine (TorchDynamo unsupported on
+    this Python or platform, or no C++ compiler for Inductor), saying why; fail it instead where
+    LM_REQUIRE_COMPILER=1 (as CI sets it: the compile tests must run there)."""
+    import os
+
+    import pytest
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        why = f"torch.compile is not supported on this Python ({sys.version.split()[0]}) or platform"
+    elif cpp_compiler() is None:
+        why = ("no C++ compiler for torch.compile's CPU backend (Inductor looks for the CXX variable, else g++); "
+               "install one (apt-get install g++) or set CXX")
+    else:
+        return
+    if os.environ.get("LM_REQUIRE_COMPILER") == "1":
+        pytest.fail(f"LM_REQUIRE_COMPILER=1 and {why}", pytrace=False)
+    pytest.skip(why)
