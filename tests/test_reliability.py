@@ -12,31 +12,59 @@ import pytest
 import torch
 
 from conftest import ROOT, RunsCode
-from helpers import TIMEOUT, all_finite, cli, losses, popen, same_weights, snapshot, tiny, wait_for
+from helpers import (TIMEOUT, all_finite, cli, launcher, losses, popen, same_weights, snapshot, tiny,
+                     wait_for)
 from lm import checkpoint
 
 # 1. --------------------------------------------------------------------------------------------------------
 
+# A launcher that stops the save of last.pt over an earlier one half-way: torch.save's bytes are made, half
+# of them go to the file the checkpoint is being written to, MARKER then says so (it appears whole, renamed
+# into place, holding the checkpoint's full size), and the process sleeps there until the test kills it.
+# Every other save is left alone.
+STALL_IN_A_SAVE = """
+import io, time, torch, lm.checkpoint
+from pathlib import Path
+original_save, original_torch_save = lm.checkpoint.save, torch.save
+stalling = []
+def save(path, payload):
+    stalling[:] = [Path(path).name == "last.pt" and Path(path).exists()]
+    return original_save(path, payload)
+def torch_save(obj, f, *args, **kwargs):
+    if not stalling or not stalling[0]:
+        return original_torch_save(obj, f, *args, **kwargs)
+    whole = io.BytesIO()
+    original_torch_save(obj, whole, *args, **kwargs)
+    f.write(whole.getvalue()[: len(whole.getvalue()) // 2])
+    Path(MARKER + ".tmp").write_text(str(len(whole.getvalue())))
+    os.replace(MARKER + ".tmp", MARKER)
+    time.sleep(3600)
+lm.checkpoint.save, torch.save = save, torch_save
+"""
+
+
 def test_kill_9_during_a_checkpoint_save_keeps_the_previous_one(small_corpus, tmp_path):
-    out = tmp_path / "run"
-    # a wide model makes each save take a while; a save at every step
-    proc = popen("train.py", *tiny(small_corpus, out, "--embedding_dim=512", "--num_blocks=4", "--num_heads=4",
-                                   "--eval_interval=1", "--max_iters=500"))
+    """kill -9 in the middle of writing last.pt over the step-1 one (a save at every step; a launcher
+    stops the step-2 save half-way and says when, so the kill lands there on any machine): last.pt is
+    still the whole step-1 checkpoint, and --resume continues from it and clears the temporary."""
+    out, marker = tmp_path / "run", tmp_path / "half-written"
+    stall = launcher(tmp_path, f"MARKER = {str(marker)!r}\n" + STALL_IN_A_SAVE)
+    proc = popen("train.py", *tiny(small_corpus, out, "--eval_interval=1", "--max_iters=4"), launcher=stall)
     try:
-        wait_for(lambda: (out / "last.pt").exists() and any(out.glob(".*.pt.tmp-*")), proc,
-                 "a checkpoint save in progress with an earlier last.pt in place")
+        wait_for(marker.exists, proc, "the step-2 save of last.pt to be half-written")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert any(out.glob(".*.pt.tmp-*"))  # the save really was cut short
-    saved = checkpoint.load(out / "last.pt")  # the previous checkpoint is whole
-    step = saved["step"]
-    r = cli("train.py", "--resume", f"--out_dir={out}", f"--max_iters={step + 2}")
+    saved = checkpoint.load(out / "last.pt")  # whole: a truncated or corrupt file raises here
+    assert saved["step"] == 1
+    partial = list(out.glob(".*.pt.tmp-*"))  # the save really was cut short, in a temporary file
+    assert len(partial) == 1 and partial[0].stat().st_size < int(marker.read_text()), partial
+    r = cli("train.py", "--resume", f"--out_dir={out}", "--max_iters=3")
     assert r.returncode == 0, r.stderr
-    assert f"at step {step}" in r.stdout
-    assert checkpoint.load(out / "last.pt")["step"] == step + 2
+    assert "at step 1" in r.stdout
+    assert checkpoint.load(out / "last.pt")["step"] == 3
     assert not any(out.glob(".*.pt.tmp-*"))  # the stale temporary was cleared
 
 
