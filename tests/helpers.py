@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 from conftest import ROOT
@@ -141,3 +142,17 @@ def require_compiler() -> None:
     if os.environ.get("LM_REQUIRE_COMPILER") == "1":
         pytest.fail(f"LM_REQUIRE_COMPILER=1 and {why}", pytrace=False)
     pytest.skip(why)
+
+
+def grid_reference(op: str, grid) -> np.ndarray:
+    """A grid task's output grid, each op written independently of lm.tasks, with numpy."""
+    grid = np.asarray(grid)
+    if op == "rotate":
+        return np.rot90(grid, k=-1)
+    if op == "transpose":
+        return grid.T
+    if op == "flip":
+        return np.fliplr(grid)
+    # gravity: a stable sort of each column on "is coloured" puts background first, order kept
+    order = np.argsort(grid != 0, axis=0, kind="stable")
+    return np.take_along_axis(grid, order, axis=0)

@@ -4,20 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import grid_reference
 from lm.tasks import GRID_OPS, NUM_SPECIALS, TASKS, GridTask, make_task, task_from_state
-
-
-def reference(op: str, grid: np.ndarray) -> np.ndarray:
-    """Each op written independently of lm.tasks, with numpy."""
-    if op == "rotate":
-        return np.rot90(grid, k=-1)
-    if op == "transpose":
-        return grid.T
-    if op == "flip":
-        return np.fliplr(grid)
-    # gravity: a stable sort of each column on "is coloured" puts background first, order kept
-    order = np.argsort(grid != 0, axis=0, kind="stable")
-    return np.take_along_axis(grid, order, axis=0)
 
 
 def as_array(task: GridTask, symbols: list[int]) -> np.ndarray:
@@ -35,10 +23,10 @@ def test_ops_match_numpy_on_random_grids(op):
     for h, w in shapes:
         grid = rng.integers(0, 5, (h, w)) * rng.integers(0, 2, (h, w))  # about half background
         out = task.transform(grid.tolist())
-        assert np.array_equal(np.array(out), reference(op, grid)), (op, grid)
+        assert np.array_equal(np.array(out), grid_reference(op, grid)), (op, grid)
     for src, tgt in task.examples(300, 1, 7, g):  # and through the sampling path, as ids
         grid = as_array(task, task.from_ids(src))
-        assert np.array_equal(as_array(task, task.from_ids(tgt)), reference(op, grid))
+        assert np.array_equal(as_array(task, task.from_ids(tgt)), grid_reference(op, grid))
 
 
 def test_gravity_hand_example():

@@ -16,14 +16,13 @@ import math
 import os
 import re
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import offline_text
-from helpers import TIMEOUT, popen, tiny
+from helpers import TIMEOUT, grid_reference, popen, tiny
 from lm import config
 from lm.checkpoint import load as load_checkpoint
 from lm.checkpoint import load_model
@@ -889,22 +888,6 @@ def test_layout_grid_positions_are_the_grid_cells(pos, op):
 GRID_EXAMPLE = [[1, 0, 2], [0, 3, 4]]  # 2 x 3; colour 0 is the background
 
 
-def numpy_output(op, grid):
-    """The output grid by numpy: rot90 clockwise, transpose, fliplr; gravity by a loop over the columns."""
-    g = np.array(grid)
-    if op == "rotate":
-        return np.rot90(g, k=-1)
-    if op == "transpose":
-        return g.T
-    if op == "flip":
-        return np.fliplr(g)
-    out = np.zeros_like(g)
-    for c in range(g.shape[1]):
-        coloured = [v for v in g[:, c] if v]  # top to bottom; they fall to the bottom in this order
-        out[g.shape[0] - len(coloured):, c] = coloured
-    return out
-
-
 @pytest.mark.parametrize("pos", POS_2D)
 @pytest.mark.parametrize("op", ["rotate", "transpose", "flip", "gravity"])
 def test_layout_grid_positions_hand_example(pos, op):
@@ -919,7 +902,7 @@ def test_layout_grid_positions_hand_example(pos, op):
         (3, 2): [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2]],
         (2, 3): [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0], [1, 1], [1, 2], [1, 3]],
     }
-    out = numpy_output(op, GRID_EXAMPLE)
+    out = grid_reference(op, GRID_EXAMPLE)
     assert tgt_pos[0].tolist() == expected[out.shape]
     out_h, out_w = out.shape
     predicted = task.to_ids(task.flatten(task.transform(GRID_EXAMPLE))) + [EOS]  # decoder input j predicts token j
