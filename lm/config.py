@@ -114,7 +114,7 @@ class TrainConfig:
     epochs: Optional[float] = None
     # optimizer steps; with epochs also set, the run stops at whichever comes first. A file or
     # command line that sets epochs but not max_iters runs by epochs alone; null for both = one epoch.
-    max_iters: Optional[int] = 600
+    max_iters: Optional[int] = 550
     # seconds of training (run time without evaluation, metrics elapsed_s) after which the run ends, on
     # any machine; cosine and wsd then decay over the fraction of this budget used (the warm-up stays in
     # warmup_iters steps). Set in the same file or command line as max_iters or epochs, the run stops at
@@ -149,7 +149,7 @@ class TrainConfig:
     # clip the global gradient norm to this value (0 = no clipping)
     grad_clip: float = 1.0
     # evaluate on train and validation batches every this many steps
-    eval_interval: int = 200
+    eval_interval: int = 275
     # batches per evaluation estimate
     eval_iters: int = 20
     # write a metrics line (and update the progress bar) every this many steps
