@@ -38,7 +38,10 @@ def tiny(corpus, out, *extra):
 
 
 def metrics(out_dir):
-    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    """The complete records of out_dir/metrics.jsonl: a line still being written (no newline yet) by a run
+    in progress is left for the next read."""
+    text = (out_dir / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
 def losses(out_dir):

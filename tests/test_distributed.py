@@ -45,7 +45,7 @@ def long_run(corpus, out):
                             start_new_session=True)
     try:
         wait_for(lambda: (out / "metrics.jsonl").exists() and len(metrics(out)) >= 1, proc,
-                 "the first metrics line", 120, kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
+                 "the first metrics line", kill=lambda: os.killpg(proc.pid, signal.SIGKILL))
         yield proc
     finally:
         if proc.poll() is None:
