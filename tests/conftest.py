@@ -7,6 +7,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# Under pytest-xdist (pytest.ini runs one worker per core), each worker and every program it starts computes
+# on one thread: two workers of two threads each on two cores would oversubscribe them, and the tests' small
+# models gain nothing from a second thread. Set before torch is imported, so it holds for this process too.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
 # Tiny Shakespeare, where the workspace has a copy beside the clone; tests that need it are skipped
 # elsewhere (no test depends on it to pass). Every other test makes its own data.
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"

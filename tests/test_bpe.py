@@ -319,6 +319,7 @@ def test_bad_local_files_and_states(offline, tmp_path):
 # ----------------------------------------------------------------------------- tokenizer: bpe in train.py
 
 
+@pytest.mark.slow
 def test_train_with_bpe_samples_from_the_checkpoint_alone_and_resumes(tmp_path):
     from helpers import cli, metrics, tiny
 
@@ -362,6 +363,7 @@ def test_train_with_bpe_samples_from_the_checkpoint_alone_and_resumes(tmp_path):
     assert "data.tokenizer: checkpoint has 'bpe', config has 'char'" in done.stderr
 
 
+@pytest.mark.slow
 def test_bpe_settings_are_checked(tmp_path):
     from helpers import cli, tiny
 
@@ -375,6 +377,7 @@ def test_bpe_settings_are_checked(tmp_path):
     assert done.returncode == 2 and "only enough distinct byte pairs" in done.stderr
 
 
+@pytest.mark.slow
 def test_an_unavailable_tiktoken_encoding_is_a_clear_error_in_train_py(tmp_path):
     from helpers import cli, tiny
 
@@ -383,7 +386,7 @@ def test_an_unavailable_tiktoken_encoding_is_a_clear_error_in_train_py(tmp_path)
     dead_proxy = "http://127.0.0.1:9"  # no download even where the network is reachable
     env = {**__import__("os").environ, "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty_cache"),
            "HTTPS_PROXY": dead_proxy, "HTTP_PROXY": dead_proxy, "https_proxy": dead_proxy, "http_proxy": dead_proxy}
-    done = cli("train.py", *tiny(corpus, tmp_path / "run", "--tokenizer=gpt2"), env=env, timeout=120)
+    done = cli("train.py", *tiny(corpus, tmp_path / "run", "--tokenizer=gpt2"), env=env)
     assert done.returncode == 2, done.stderr
     assert "gpt2" in done.stderr and "TIKTOKEN_CACHE_DIR" in done.stderr
     assert "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from helpers import TIMEOUT
 
 TINY = """\
 # a tiny model for tests
@@ -28,7 +29,7 @@ train:
 """
 
 
-def run(script, *args, cwd=None, env=None, timeout=300):
+def run(script, *args, cwd=None, env=None, timeout=TIMEOUT):
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
@@ -40,6 +41,7 @@ def tiny_config(tmp_path, small_corpus):
     return path
 
 
+@pytest.mark.slow
 def test_train_then_sample_end_to_end(tmp_path, tiny_config):
     out = tmp_path / "out"
     r = run("train.py", "--config", tiny_config, f"--out_dir={out}")
@@ -69,6 +71,7 @@ def test_train_then_sample_end_to_end(tmp_path, tiny_config):
     assert "the model sees only the last 16" in greedy[0].stderr
 
 
+@pytest.mark.slow
 def test_resume_from_the_command_line(tmp_path, tiny_config):
     out = tmp_path / "out"
     assert run("train.py", "--config", tiny_config, f"--out_dir={out}", "--lr_decay_iters=10").returncode == 0
@@ -81,6 +84,7 @@ def test_resume_from_the_command_line(tmp_path, tiny_config):
     assert steps == [2, 3, 4, 6, 8, 9, 10, 10]
 
 
+@pytest.mark.slow
 def test_config_with_exactly_the_nine_keys_trains(tmp_path, small_corpus):
     cfg = tmp_path / "nine.yaml"
     cfg.write_text(f"batch_size: 8\nepochs: 0.02\nlr: 3e-4\ndata_path: {small_corpus}\nblock_size: 16\n"
@@ -92,6 +96,7 @@ def test_config_with_exactly_the_nine_keys_trains(tmp_path, small_corpus):
     assert (tmp_path / "out" / "shakespeare_char" / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_offline_default_corpus_falls_back_loudly(tmp_path):
     cfg = tmp_path / "offline.yaml"
     cfg.write_text(TINY.replace("max_iters: 6", "max_iters: 2"))
@@ -110,6 +115,7 @@ def test_offline_default_corpus_falls_back_loudly(tmp_path):
     (["--data_path=/nonexistent/corpus.txt"], ["/nonexistent/corpus.txt", "does not exist"]),
     (["--resume"], ["no checkpoint to resume from", "does not exist"]),
 ])
+@pytest.mark.slow
 def test_train_errors_are_clear_and_early(tmp_path, tiny_config, args, needles):
     r = run("train.py", "--config", tiny_config, f"--out_dir={tmp_path / 'o'}", *args)
     assert r.returncode == 2
@@ -119,6 +125,7 @@ def test_train_errors_are_clear_and_early(tmp_path, tiny_config, args, needles):
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_sample_errors_are_clear(tmp_path, tiny_config):
     out = tmp_path / "out"
     assert run("train.py", "--config", tiny_config, f"--out_dir={out}", "--max_iters=1").returncode == 0
@@ -139,6 +146,7 @@ def test_sample_errors_are_clear(tmp_path, tiny_config):
     assert r.returncode == 0 and r.stdout == "ROMEO\n"
 
 
+@pytest.mark.slow
 def test_seq2seq_task_train_and_transduce(tmp_path):
     out = tmp_path / "rev"
     r = run("train.py", "--config", ROOT / "configs" / "reverse.yaml", f"--out_dir={out}", "--max_len=6",

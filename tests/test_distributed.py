@@ -16,10 +16,9 @@ import pytest
 import torch
 
 from conftest import ROOT
-from helpers import cli, losses, metrics, require_compiler, tiny, wait_for
+from helpers import TIMEOUT, cli, losses, metrics, require_compiler, tiny, wait_for
 from lm.checkpoint import load as load_checkpoint
 
-TIMEOUT = 240
 # float32 and AdamW: the processes' sums differ from one process's only in rounding order
 SAME_MODEL = ["--dtype=float32", "--optimizer=adamw", "--dropout=0.0", "--grad_accum=2", "--eval_interval=2"]
 
@@ -64,6 +63,7 @@ def assert_same_weights(a, b):
         assert torch.allclose(wa[name], wb[name], rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_model_one_does(small_corpus, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     done = cli("train.py", *tiny(small_corpus, one, "--max_iters=4", *SAME_MODEL))
@@ -83,6 +83,7 @@ def test_two_processes_train_the_model_one_does(small_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+@pytest.mark.slow
 def test_a_checkpoint_resumes_on_another_number_of_processes(small_corpus, tmp_path, first, then):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert cli("train.py", *tiny(small_corpus, straight, "--max_iters=4", *SAME_MODEL)).returncode == 0
@@ -98,6 +99,7 @@ def test_a_checkpoint_resumes_on_another_number_of_processes(small_corpus, tmp_p
     assert [r["world_size"] for r in metrics(split) if not r.get("final")] == [first, first, then, then]
 
 
+@pytest.mark.slow
 def test_grad_accum_must_be_shared_evenly_by_the_processes(small_corpus, tmp_path):
     done = torchrun(2, *tiny(small_corpus, tmp_path / "run", "--max_iters=2", "--grad_accum=3"))
     assert done.returncode != 0
@@ -140,6 +142,7 @@ def _running(pid) -> bool:
 KILLED_JOB_ENDS_S = 180
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_whole_job_with_an_error(small_corpus, tmp_path):
     """SIGKILL to rank 1: torchrun exits 1 naming rank 1's SIGKILL as the root cause; rank 0 fails of its own
     accord (its collective with the dead peer raises: a traceback of its own), and no process is left."""
@@ -161,6 +164,7 @@ def test_a_killed_process_ends_the_whole_job_with_an_error(small_corpus, tmp_pat
     assert not _running(workers[0]) and not _running(workers[1]), workers
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path):
     out = tmp_path / "run"
     with long_run(small_corpus, out) as proc:
@@ -174,6 +178,7 @@ def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path
     assert not list(out.glob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
     """The README's multi-node command, with two 'nodes' on this machine: --nnodes=2, one process each,
     meeting at one --rdzv_endpoint; they train the model one process does."""
@@ -204,6 +209,7 @@ def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
     assert all(r["world_size"] == 2 for r in metrics(two))
 
 
+@pytest.mark.slow
 def test_compile_with_two_processes_keeps_the_losses(small_corpus, tmp_path):
     """torch.compile over DistributedDataParallel, with no_sync on 1 of each process's 2 micro-batches."""
     require_compiler()

@@ -167,6 +167,7 @@ def hover_cell(page, q, k):
                     box["y"] + g["originY"] + (q + 0.5) * g["cellSize"])
 
 
+@pytest.mark.slow
 def test_the_page_loads_offline_and_draws_the_map(show):
     data = lm_data()
     opened = show(data)

@@ -181,6 +181,7 @@ def test_noam_is_the_same_by_the_clock():
 
 # ----------------------------------------------------------------------------- (c) resume
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_time_with_the_remaining_budget(clock, small_corpus, tmp_path):
     straight_events = Events()
     train(tiny_cfg(small_corpus, tmp_path / "straight", "--max_time=10"), on_event=straight_events)
@@ -312,6 +313,7 @@ def test_progress_bar_on_a_terminal_counts_seconds_of_the_budget(capsys):
 
 # ----------------------------------------------------------------------------- (e) train.py, real clock
 
+@pytest.mark.slow
 def test_train_py_by_the_clock_ends_and_writes_its_final_record(small_corpus, tmp_path):
     out = tmp_path / "cli"
     r = cli("train.py", *tiny(small_corpus, out, "--max_time=2", "--log_interval=5", "--eval_interval=100000"))

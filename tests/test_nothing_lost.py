@@ -39,6 +39,7 @@ def train_ok(*args, **kwargs):
 
 # 1. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_never_mixes_two_runs(small_corpus, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     train_ok(*tiny(small_corpus, a, "--max_iters=4", "--eval_interval=2"))
@@ -80,6 +81,7 @@ def test_resume_never_mixes_two_runs(small_corpus, tmp_path):
     assert [s for s, _ in losses(b)] == [5, 6]  # the continuation's steps: nothing of b's old run is left
 
 
+@pytest.mark.slow
 def test_the_same_run_resumes_and_a_rewind_is_refused(small_corpus, tmp_path):
     a = tmp_path / "a"
     train_ok(*tiny(small_corpus, a, "--max_iters=4", "--eval_interval=2", "--lr_decay_iters=20"))
@@ -119,6 +121,7 @@ def test_the_same_run_resumes_and_a_rewind_is_refused(small_corpus, tmp_path):
 
 # 2. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_overwrite_leaves_nothing_of_the_old_run(small_corpus, tmp_path):
     out = tmp_path / "run"
     train_ok(*tiny(small_corpus, out, "--max_iters=6", "--eval_interval=3"))
@@ -154,6 +157,7 @@ def test_overwrite_leaves_nothing_of_the_old_run(small_corpus, tmp_path):
 
 # 3. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_training_processes_in_one_out_dir(small_corpus, tmp_path):
     out = tmp_path / "run"
     first = popen("train.py", *tiny(small_corpus, out, "--max_iters=1000000000", "--eval_interval=5",
@@ -182,6 +186,7 @@ def test_two_training_processes_in_one_out_dir(small_corpus, tmp_path):
 
 @pytest.mark.parametrize("log_interval", [1, 3, 4])
 @pytest.mark.parametrize("split_by", ["end_of_run", "sigterm"])
+@pytest.mark.slow
 def test_metrics_after_a_resume_equal_an_uninterrupted_run(small_corpus, tmp_path, log_interval, split_by):
     """14 steps straight == 7 steps, then --resume to 14: the first part ends as a finished run (max_iters=7),
     or is stopped by SIGTERM after step 7, in the middle of a logging window (sent by the process to
@@ -208,6 +213,7 @@ def test_metrics_after_a_resume_equal_an_uninterrupted_run(small_corpus, tmp_pat
     assert steps == sorted(set(range(log_interval, 15, log_interval)) | {5, 10})
 
 
+@pytest.mark.slow
 def test_metrics_are_rewritten_atomically_on_resume(small_corpus, tmp_path):
     """A resume whose rewrite of metrics.jsonl fails (a real file-size limit, smaller than the file) leaves
     the file as it was: the new contents go to a temporary file that replaces the old one only when whole."""
@@ -226,6 +232,7 @@ def test_metrics_are_rewritten_atomically_on_resume(small_corpus, tmp_path):
 
 # 5. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_exact_resume_with_worker_processes_and_dropout(small_corpus, tmp_path):
     args = ["--num_workers=2", "--dropout=0.2", "--eval_interval=5", "--lr_decay_iters=12"]
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -236,6 +243,7 @@ def test_exact_resume_with_worker_processes_and_dropout(small_corpus, tmp_path):
     assert same_weights(checkpoint.load(straight / "last.pt"), checkpoint.load(split / "last.pt"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group_with_worker_processes(small_corpus, tmp_path):
     """A terminal's Ctrl-C reaches every process of the group: the workers leave it to the training process,
     which checkpoints at the step boundary and exits 130; --resume matches an uninterrupted run."""
@@ -271,6 +279,7 @@ def read_only(path):
 
 
 @pytest.mark.parametrize("case", ["under_a_file", "read_only_fresh", "read_only_resume", "disk_full"])
+@pytest.mark.slow
 def test_unwritable_out_dir_is_a_clear_error_and_loses_nothing(small_corpus, tmp_path, case):
     out = tmp_path / "run"
     prefix, env_launcher = [], None
@@ -336,6 +345,7 @@ def failing_launcher(tmp_path, phase):
 
 
 @pytest.mark.parametrize("phase", list(FAIL_AT))
+@pytest.mark.slow
 def test_out_of_memory_anywhere_in_a_step_is_explained(small_corpus, tmp_path, phase):
     out = tmp_path / "run"
     train_ok(*tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2", "--lr_decay_iters=20"))
@@ -356,6 +366,7 @@ def test_out_of_memory_anywhere_in_a_step_is_explained(small_corpus, tmp_path, p
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 @pytest.mark.parametrize("phase", ["data_preparation", "final_evaluation"])
+@pytest.mark.slow
 def test_signal_between_phases_exits_non_zero_and_resume_continues(small_corpus, tmp_path, sig, code, phase):
     """The signal is sent by the process to itself at the start of the phase (a launcher wraps the phase's
     function), exactly as a user's Ctrl-C or kill would arrive then."""
@@ -382,6 +393,7 @@ def test_signal_between_phases_exits_non_zero_and_resume_continues(small_corpus,
 
 # 10. -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_overrides_are_checked_against_the_checkpoint_which_is_read_once(small_corpus, tmp_path):
     out = tmp_path / "run"
     train_ok(*tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2", "--lr=0.01", "--min_lr=0.001",
@@ -401,6 +413,7 @@ def test_resume_overrides_are_checked_against_the_checkpoint_which_is_read_once(
 
 # 13. -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_non_finite_gradients_with_a_finite_loss_never_update_the_weights(small_corpus, tmp_path):
     """A backward hook turns one gradient to inf at the third step (the loss stays finite); the
     launcher counts optimizer updates."""
@@ -426,6 +439,7 @@ def test_non_finite_gradients_with_a_finite_loss_never_update_the_weights(small_
 
 # 14. -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_every_seed_gives_its_own_data_order(small_corpus, tmp_path):
     from lm.corpus import prepare_corpus
 
@@ -447,6 +461,7 @@ def test_every_seed_gives_its_own_data_order(small_corpus, tmp_path):
     (["--lr_schedule=noam", "--lr_decay_iters=500"], "lr_schedule noam decays as 1/sqrt(step)"),
     (["--lr=0.001", "--min_lr=0.01"], "min_lr: 0.01 is not allowed; it must be between 0 and lr (0.001)"),
 ])
+@pytest.mark.slow
 def test_contradictory_schedule_settings_are_refused(small_corpus, tmp_path, args, needle):
     r = cli("train.py", *tiny(small_corpus, tmp_path / "o", *args))
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -454,6 +469,7 @@ def test_contradictory_schedule_settings_are_refused(small_corpus, tmp_path, arg
 
 # 19. -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_no_config_is_the_shipped_config(small_corpus, tmp_path):
     assert config.load(None) == config.load(ROOT / "config.yaml")
     for overrides in (["--epochs=3"], ["--max_iters=50"], ["--epochs=2", "--max_iters=7"], ["--block_size=32"]):
@@ -490,6 +506,7 @@ def read_to_the_end(fd, proc, what, limit=TIMEOUT):
         seen += chunk
 
 
+@pytest.mark.slow
 def test_progress_is_plain_lines_off_a_terminal_and_a_bar_on_one(small_corpus, tmp_path):
     """Off a terminal, a plain line at each tenth of a 40-step run (steps 4, 8, ..., 40) and besides those
     only the first step's and one per 30 s of the run, on a machine of any speed: never one per step. On a

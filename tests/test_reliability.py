@@ -43,6 +43,7 @@ lm.checkpoint.save, torch.save = save, torch_save
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_checkpoint_save_keeps_the_previous_one(small_corpus, tmp_path):
     """kill -9 in the middle of writing last.pt over the step-1 one (a save at every step; a launcher
     stops the step-2 save half-way and says when, so the kill lands there on any machine): last.pt is
@@ -68,6 +69,7 @@ def test_kill_9_during_a_checkpoint_save_keeps_the_previous_one(small_corpus, tm
     assert not any(out.glob(".*.pt.tmp-*"))  # the stale temporary was cleared
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_passed_over_and_reported(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=6", "--eval_interval=3", "--lr_decay_iters=8",
@@ -88,6 +90,7 @@ def test_truncated_checkpoint_is_passed_over_and_reported(small_corpus, tmp_path
 # 2. --------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.slow
 def test_signal_checkpoints_at_a_step_boundary_and_resume_matches(small_corpus, tmp_path, sig, code):
     args = ["--batch_size=16", "--block_size=32", "--embedding_dim=64", "--num_blocks=2", "--max_iters=300",
             "--eval_interval=100", "--dropout=0.1"]
@@ -117,6 +120,7 @@ def test_signal_checkpoints_at_a_step_boundary_and_resume_matches(small_corpus, 
 
 # 3. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_exact_resume_with_dropout_twice_from_one_checkpoint(small_corpus, tmp_path):
     """Through the real train.py: 12 steps straight == 6 steps, then --resume to 12, done twice from copies
     of one run directory (dropout on, the break in the middle of an evaluation interval)."""
@@ -139,6 +143,7 @@ def test_exact_resume_with_dropout_twice_from_one_checkpoint(small_corpus, tmp_p
 
 # 4. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     run = tmp_path / "run"
@@ -163,6 +168,7 @@ def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path):
     ("lr: !!python/object/apply:os.system ['echo hi']\n", ["not valid YAML", "no tags"]),
     ("model: [1, 2]\n", ["section 'model' must be a mapping"]),
 ])
+@pytest.mark.slow
 def test_config_fuzzing_fails_before_training(tmp_path, yaml_text, needles):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text + f"out_dir: {tmp_path / 'out'}\n")
@@ -175,6 +181,7 @@ def test_config_fuzzing_fails_before_training(tmp_path, yaml_text, needles):
 
 # 6. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_without_corrupting_checkpoints(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=4", "--eval_interval=4")).returncode == 0
@@ -200,6 +207,7 @@ def test_non_finite_loss_stops_without_corrupting_checkpoints(small_corpus, tmp_
     ("missing", "does not exist"),
     ("binary", "binary"),
 ])
+@pytest.mark.slow
 def test_bad_corpora_are_named_and_nothing_is_overwritten(small_corpus, tmp_path, kind, needle):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
@@ -217,6 +225,7 @@ def test_bad_corpora_are_named_and_nothing_is_overwritten(small_corpus, tmp_path
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_replaces_an_existing_one(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
@@ -230,6 +239,7 @@ def test_a_fresh_run_never_replaces_an_existing_one(small_corpus, tmp_path):
 
 # 8. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bad_sampling_input(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
@@ -257,6 +267,7 @@ def test_bad_sampling_input(small_corpus, tmp_path):
 
 # 9. --------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_resume_mismatches(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
@@ -281,6 +292,7 @@ def test_resume_mismatches(small_corpus, tmp_path):
     assert snapshot(out) == before  # the original run is untouched
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_task_vocabulary(tmp_path):
     out = tmp_path / "copy"
     args = ["--task=copy", "--max_len=4", "--eval_long_len=4", "--held_out_size=10", "--block_size=8",
@@ -306,6 +318,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_out_of_memory_is_explained_and_checkpoints_survive(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2",

@@ -135,6 +135,7 @@ def test_reader_closing_the_pipe_early_exits_quietly_with_141(lm_checkpoint):
     assert_quiet(stderr)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_generating_exits_quietly_with_130(lm_checkpoint):
     """SIGINT after the first 50 bytes of a 5,000-token run (several seconds of generation): the run
     stops there, exits 130 and prints no traceback; one that went on to the end would print all 5,000."""
@@ -155,6 +156,7 @@ def test_ctrl_c_while_generating_exits_quietly_with_130(lm_checkpoint):
     assert printed < many, f"{printed} bytes: it went on generating after SIGINT"
 
 
+@pytest.mark.slow
 def test_same_seed_same_output_and_another_seed_differs(lm_checkpoint):
     args = ["--checkpoint", lm_checkpoint, "--prompt", "The ", "--max_new_tokens", 60, "--temperature", 1.0]
     a, b, c = (cli("sample.py", *args, "--seed", seed) for seed in (7, 7, 8))
@@ -165,6 +167,7 @@ def test_same_seed_same_output_and_another_seed_differs(lm_checkpoint):
     assert a.stdout != c.stdout
 
 
+@pytest.mark.slow
 def test_input_longer_than_the_trained_lengths_warns_and_still_answers(copy_checkpoint):
     """The answer to a 6-symbol input is the model's own (what a slow greedy decoding of the checkpoint
     gives: not empty, not cut to the trained lengths), with a warning; a 4-symbol one is copied, unwarned."""
@@ -196,6 +199,7 @@ def test_input_length_is_counted_as_training_counts_it():
         assert sample.input_length(add, add.parse(text)) == length, text
 
 
+@pytest.mark.slow
 def test_num_samples_is_one_batch_and_sample_i_is_seed_plus_i(lm_checkpoint):
     """--num_samples 3 --seed 7 prints what --seed 7, 8 and 9 print one by one, SEPARATOR between; greedy
     (temperature 0) samples are the lone greedy sample. 40 new tokens pass block_size 16: cached steps,

@@ -380,6 +380,7 @@ def test_block_size_too_small_for_the_task(tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 def test_short_copy_run_learns_the_task(tmp_path):
     cfg = config.load(None, ["--task=copy", "--max_len=8", "--eval_long_len=10", "--held_out_size=200",
                              "--block_size=12", "--num_blocks=2", "--num_heads=4", "--embedding_dim=64",

@@ -63,6 +63,7 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.slow
 def test_every_setting_trains_resumes_and_round_trips(small_corpus, tmp_path, name):
     """train.py (float32 unless the setting is the dtype) saves the setting in its checkpoint, and load_model
     rebuilds the model the setting describes: a model built here from the settings themselves (not from the
@@ -90,6 +91,7 @@ def test_every_setting_trains_resumes_and_round_trips(small_corpus, tmp_path, na
     assert load_checkpoint(out / "last.pt")["step"] == 6
 
 
+@pytest.mark.slow
 def test_resuming_with_another_optimizer_is_refused(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2",
@@ -438,6 +440,7 @@ def test_muon_updates_exactly_the_blocks_weight_matrices(kind):
     assert changed_after_step(frozen="muon").isdisjoint(expected)  # AdamW alone moves everything else
 
 
+@pytest.mark.slow
 def test_muon_state_is_saved_and_restored(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2",
@@ -523,6 +526,7 @@ def test_dtype_auto_chooses_by_what_the_cpu_computes_and_says_why():
     assert choose_dtype("float32", cpu, native) == (torch.float32, "as configured")
 
 
+@pytest.mark.slow
 def test_the_start_line_explains_the_dtype(small_corpus, tmp_path):
     done = cli("train.py", *tiny(small_corpus, tmp_path / "run", "--max_iters=1", "--dtype=auto"))
     assert done.returncode == 0, done.stderr
@@ -547,6 +551,7 @@ def test_the_kv_cache_writes_in_place_without_reallocating():
     assert len(cache) == 17 and torch.equal(cache.k[:, :, :16], keys)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_these_settings_resumes_with_what_it_used(small_corpus, tmp_path):
     """A checkpoint whose config has none of the new settings was trained with AdamW and the plain model:
     resuming it with those settings works, and with Muon is refused by name."""
@@ -585,6 +590,7 @@ def _warnings(events):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+@pytest.mark.slow
 def test_compile_gives_the_losses_of_eager_mode_and_plain_checkpoints(small_corpus, tmp_path, optimizer):
     """Same losses to float tolerance. The weights too with AdamW; Muon normalises and orthogonalises its
     update (five Newton-Schulz iterations), which amplifies the compiled forward's float32 rounding

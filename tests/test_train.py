@@ -64,6 +64,7 @@ def test_run_writes_metrics_and_checkpoints(small_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("grad_accum,task", [(1, "lm"), (2, "lm"), (1, "copy")])
+@pytest.mark.slow
 def test_resume_is_exact(small_corpus, tmp_path, grad_accum, task):
     """2N steps straight == N steps, then resume for N more: same per-step losses and weights (dropout on)."""
     common = ["--dropout=0.1", "--eval_interval=4", f"--grad_accum={grad_accum}", "--lr_decay_iters=12",

@@ -734,6 +734,7 @@ def printed(task_name, ids):
 
 
 @pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.slow
 def test_checkpoints_of_every_variant_round_trip_and_sample(runs, name, capsys):
     """load_model gives the tensors saved, in the modules of the variant the run asked for, computing what a model
     built here from train.py's arguments computes; sample.py prints what a plain greedy decode of it gives."""
@@ -792,6 +793,7 @@ def test_checkpoints_of_every_variant_round_trip_and_sample(runs, name, capsys):
         assert re.fullmatch(r"[0-9]( [0-9])*|", line), line
 
 
+@pytest.mark.slow
 def test_longer_input_to_a_randomized_model_gets_a_note_not_a_warning(runs, capsys):
     """Trained on lengths 1..4, asked a length-6 input: randomized positions are made for that."""
     import sample

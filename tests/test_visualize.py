@@ -251,6 +251,7 @@ def test_visualize_a_language_model(checkpoints, tmp_path):
     assert str(out / "attention.html") in done.stdout
 
 
+@pytest.mark.slow
 def test_visualize_a_seq2seq_model_defaults_to_the_last_layer(checkpoints, tmp_path):
     out = tmp_path / "viz"
     done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", "--input", "5 7 9 2", "--out", out)
@@ -271,6 +272,7 @@ def test_visualize_a_seq2seq_model_defaults_to_the_last_layer(checkpoints, tmp_p
     (["--text", "abc"], "--text is for language-model checkpoints"),
     ([], "give the source with --input"),
 ])
+@pytest.mark.slow
 def test_visualize_refuses_bad_settings_with_exit_2(checkpoints, tmp_path, args, message):
     extra = [] if "--text" in args or args == [] else ["--input", "5 7"]
     done = cli("visualize.py", "--checkpoint", checkpoints / "copy" / "best.pt", *extra, *args, "--out", tmp_path)
@@ -278,6 +280,7 @@ def test_visualize_refuses_bad_settings_with_exit_2(checkpoints, tmp_path, args,
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_visualize_differential_heads_are_counted_as_such(checkpoints, tmp_path):
     done = cli("visualize.py", "--checkpoint", checkpoints / "grid" / "best.pt", "--input", "01/23", "--head", "2",
                "--out", tmp_path)
@@ -376,6 +379,7 @@ def test_seq2seq_loss_png_adds_exact_match(tmp_path):
     assert len(plots.plot_run(records[:1], tmp_path / "lm.png").axes) == 2
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_old_loss_png(small_corpus, tmp_path):
     out = tmp_path / "run"
     assert cli("train.py", *tiny(small_corpus, out, "--max_iters=2", "--eval_interval=2")).returncode == 0
@@ -385,6 +389,7 @@ def test_overwrite_removes_the_old_loss_png(small_corpus, tmp_path):
     assert (out / "loss.png").read_bytes() != first
 
 
+@pytest.mark.slow
 def test_runs_are_overlaid_and_labelled_by_the_settings_that_differ(checkpoints, tmp_path):
     runs = load_runs([checkpoints / "copy", checkpoints / "grid"])
     labels = [label for label, _ in runs]
@@ -425,6 +430,7 @@ def test_runs_are_overlaid_and_labelled_by_the_settings_that_differ(checkpoints,
         assert near[:, :middle].sum() > 100 and near[:, middle:].sum() > 100, colour
 
 
+@pytest.mark.slow
 def test_runs_refuses_a_directory_that_is_not_a_run(checkpoints, tmp_path):
     with pytest.raises(RunError, match="not a run directory"):
         load_runs([checkpoints / "copy", tmp_path])
@@ -436,6 +442,7 @@ def test_runs_refuses_a_directory_that_is_not_a_run(checkpoints, tmp_path):
 
 # ----------------------------------------------------------------------------- the explorer, in a real browser
 
+@pytest.mark.slow
 def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoints, tmp_path):
     """visualize.py's attention.html, opened offline in headless Chromium: the heatmap is drawn, and choosing
     another kind or head draws something else."""
