@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import offline_text
-from helpers import TIMEOUT
+from helpers import cli
 from lm import config
 from lm.bpe import BpeTokenizer
 from lm.corpus import (DataError, PreparationStopped, corpus_files, cut_point, obtain_corpus, prepare_corpus,
@@ -408,17 +408,11 @@ def test_the_main_process_sends_heartbeats_while_it_prepares(monkeypatch, tmp_pa
 # ----------------------------------------------------------------------------- train.py
 
 def test_train_cli_on_a_glob_reports_files_and_progress(tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
     for k in range(3):
         write(tmp_path / "shards" / f"{k}.txt", offline_text()[k * 30_000:(k + 1) * 30_000])
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), f"--data_path={tmp_path / 'shards'}/*.txt",
-                             f"--out_dir={tmp_path / 'run'}", "--max_iters=2", "--eval_interval=2", "--eval_iters=1",
-                             "--num_blocks=1", "--embedding_dim=32", "--num_heads=2", "--batch_size=4",
-                             "--device=cpu"], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path)
+    result = cli("train.py", f"--data_path={tmp_path / 'shards'}/*.txt", f"--out_dir={tmp_path / 'run'}",
+                 "--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--num_blocks=1", "--embedding_dim=32",
+                 "--num_heads=2", "--batch_size=4", "--device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"data: {tmp_path / 'shards'}/*.txt (3 files, encoded)" in result.stdout
 

@@ -251,8 +251,7 @@ def test_ctrl_c_to_the_process_group_with_worker_processes(small_corpus, tmp_pat
     out = tmp_path / "run"
     proc = popen("train.py", *tiny(small_corpus, out, *args, "--max_iters=400"), start_new_session=True)
     try:
-        wait_for(lambda: (out / "metrics.jsonl").exists() and len((out / "metrics.jsonl").read_text().splitlines()) >= 5,
-                 proc, "5 steps")
+        wait_for(lambda: (out / "metrics.jsonl").exists() and len(metrics(out)) >= 5, proc, "5 steps")
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:

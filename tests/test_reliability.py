@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, RunsCode
-from helpers import (TIMEOUT, all_finite, cli, launcher, losses, popen, same_weights, snapshot, tiny,
+from helpers import (TIMEOUT, all_finite, cli, launcher, losses, metrics, popen, same_weights, snapshot, tiny,
                      wait_for)
 from lm import checkpoint
 
@@ -100,8 +100,7 @@ def test_signal_checkpoints_at_a_step_boundary_and_resume_matches(small_corpus, 
     out = tmp_path / "interrupted"
     proc = popen("train.py", *tiny(small_corpus, out, *args))
     try:
-        metrics = out / "metrics.jsonl"
-        wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 20, proc, "20 steps")
+        wait_for(lambda: (out / "metrics.jsonl").exists() and len(metrics(out)) >= 20, proc, "20 steps")
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=60)
     finally:
