@@ -30,8 +30,8 @@ import torch
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.generate import beam_search, check_sampling, generate, greedy_decode, prepare_source
-from lm.tasks import BOS, EOS, PAD
-from lm.tokenizer import UnknownCharactersError
+from lm.data.tasks import BOS, EOS, PAD
+from lm.data.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
 
 SEPARATOR = "\n" + "-" * 40 + "\n"
@@ -131,7 +131,7 @@ def write_sample(prompt: str, token_ids, tokenizer, stream: bool) -> None:
 
 
 def input_length(task, symbols: list[int]) -> int:
-    """The length of a parsed source as training counts it (lm.tasks): its number of symbols, for add
+    """The length of a parsed source as training counts it (lm.data.tasks): its number of symbols, for add
     the number of digits of the longer operand (leading zeros not counted), for grid its longer side."""
     if task.name == "grid":
         return task.side(symbols)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from lm import checkpoint, config
 from lm.checkpoint import CheckpointError, ResumePoint
 from lm.config import ConfigError
-from lm.corpus import DataError
+from lm.data.corpus import DataError
 from lm.rundir import OutputError, RunDirError
 from lm.trainer import Interrupted, TrainingError, train
 

@@ -24,14 +24,14 @@ import json
 import sys
 from pathlib import Path
 
-from lm import plots
-from lm.attention_maps import record
+from lm.inspect import plots
+from lm.inspect.attention_maps import record
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.device import resolve_device
-from lm.explorer import write_explorer
+from lm.inspect.explorer import write_explorer
 from lm.files import write_text_atomic
-from lm.runs import RunError, load_runs
+from lm.inspect.runs import RunError, load_runs
 
 
 def parse_args(argv):

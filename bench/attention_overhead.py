@@ -108,7 +108,7 @@ def main() -> None:
     corpus = SHAKESPEARE if SHAKESPEARE.is_file() else None
     if corpus is None:
         sys.path.insert(0, str(ROOT))
-        from lm.corpus import _offline_text
+        from lm.data.corpus import _offline_text
 
         corpus = Path(tempfile.mkdtemp()) / "offline.txt"
         corpus.write_text(_offline_text(), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""How fast a byte-level BPE is learned (lm.bpe.train_bpe) and applied (tiktoken), on one corpus.
+"""How fast a byte-level BPE is learned (lm.data.bpe.train_bpe) and applied (tiktoken), on one corpus.
 
     python bench/bpe_speed.py [--data_path PATH] [--chars 1000000] [--vocab_size 1024] [--repeats 3]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe  # noqa: E402
-from lm.bpe import BpeTokenizer, train_bpe  # noqa: E402
+from lm.data.bpe import BpeTokenizer, train_bpe  # noqa: E402
 
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
@@ -35,7 +35,7 @@ def main() -> None:
     elif SHAKESPEARE.is_file():
         name, text = str(SHAKESPEARE), SHAKESPEARE.read_text(encoding="utf-8")
     else:
-        from lm.corpus import _offline_text
+        from lm.data.corpus import _offline_text
 
         name, text = "the offline corpus (Python's documentation)", _offline_text()
     sample = text[: args.chars]

@@ -5,7 +5,7 @@
 
 Each range gets a fresh held-out set (`--size` examples, lengths uniform in the range, drawn with
 the checkpoint's seed unless --seed is given) scored exactly as training scores its held-out sets
-(greedy decoding, evaluation positions of lm.layout). Lengths must fit the model's block_size.
+(greedy decoding, evaluation positions of lm.data.layout). Lengths must fit the model's block_size.
 Prints one line per range: exact match and token accuracy. Not for task add, whose layout
 depends on the longest length the model was built for.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lm.checkpoint import load_model  # noqa: E402
 from lm.config import ConfigError, validate  # noqa: E402
-from lm.data import seeded_generator  # noqa: E402
+from lm.data.windows import seeded_generator  # noqa: E402
 from lm.jobs import HELD_OUT_STREAM, Seq2SeqJob  # noqa: E402
 
 

@@ -31,7 +31,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 def base_lines() -> tuple[str, list[str]]:
     if SHAKESPEARE.is_file():
         return str(SHAKESPEARE), SHAKESPEARE.read_text(encoding="utf-8").splitlines(keepends=True)
-    from lm.corpus import _offline_text
+    from lm.data.corpus import _offline_text
 
     return "the offline corpus (Python's documentation)", _offline_text().splitlines(keepends=True)
 

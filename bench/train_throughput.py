@@ -98,7 +98,7 @@ def main() -> None:
     args = p.parse_args()
     corpus = SHAKESPEARE
     if not corpus.is_file():
-        from lm.corpus import _offline_text
+        from lm.data.corpus import _offline_text
 
         corpus = Path(tempfile.mkdtemp()) / "offline.txt"
         corpus.write_text(_offline_text(), encoding="utf-8")

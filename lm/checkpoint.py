@@ -164,7 +164,7 @@ def set_rng_state(state: dict) -> None:
 def load_model(path: str | Path, device="cpu"):
     """Rebuild the model and its vocabulary from a checkpoint alone: returns (model, vocab, config).
 
-    vocab is the tokenizer (task lm: lm.tokenizer.tokenizer_from_state) or the Task (seq2seq tasks).
+    vocab is the tokenizer (task lm: lm.data.tokenizer.tokenizer_from_state) or the Task (seq2seq tasks).
     """
     from .config import from_dict
     from .jobs import make_model, vocab_from_state

@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .layout import positions
+from .data.layout import positions
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
@@ -123,7 +123,7 @@ class Source:
     ids: list[int]  # the source's token ids
     src: torch.Tensor  # (1, S) the same, as a batch of one
     mask: torch.Tensor  # (1, S) True at every (real) token
-    src_pos: torch.Tensor | None  # (1, S, ...) explicit positions (lm.layout), or None for consecutive ones
+    src_pos: torch.Tensor | None  # (1, S, ...) explicit positions (lm.data.layout), or None for consecutive ones
     tgt_pos: torch.Tensor | None  # (1, L, ...) positions of every decoder input, or None
     max_len: int  # the most output tokens to decode (EOS included)
 
@@ -137,7 +137,7 @@ def prepare_source(task, cfg, text: str, device) -> Source:
     if len(src_ids) > block_size:
         raise ValueError(f"the input has {len(src_ids)} tokens; this model takes at most {block_size} (block_size)")
     src = torch.tensor(src_ids, dtype=torch.long, device=device)[None]  # (1, S)
-    # the positions evaluation uses (lm.layout): None for consecutive ones; with explicit ones,
+    # the positions evaluation uses (lm.data.layout): None for consecutive ones; with explicit ones,
     # decoding stops after as many tokens as the task's output can have
     src_pos, tgt_pos = (None if t is None else t.to(device)
                         for t in positions(task, cfg.model.pos_encoding, [src_ids], block_size))
@@ -174,7 +174,7 @@ def greedy_decode(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_l
 
     src: (B, S). Returns (B, L) generated tokens (EOS included, PAD after it). The source's
     cross-attention keys/values are computed once and kept in the cache. src_pos, tgt_pos: positions
-    of the source and of every decoder input (lm.layout; None = consecutive); decoding stops after
+    of the source and of every decoder input (lm.data.layout; None = consecutive); decoding stops after
     as many tokens as tgt_pos has positions.
     """
     model.eval()

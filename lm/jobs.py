@@ -19,17 +19,17 @@ import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError
-from .corpus import PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
-from .data import batch_iterator, seeded_generator, sequential_windows, window_batch
+from .data.corpus import PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
+from .data.windows import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
 from .generate import greedy_decode
-from .layout import positions
+from .data.layout import positions
 from .nn import GPT, EncoderDecoder
 from .nn.models import token_loss
-from .padding import pad_sequences
-from .tasks import BOS, EOS, PAD, Task, make_task, task_from_state
-from .tokenizer import make_tokenizer, tokenizer_from_state
+from .data.padding import pad_sequences
+from .data.tasks import BOS, EOS, PAD, Task, make_task, task_from_state
+from .data.tokenizer import make_tokenizer, tokenizer_from_state
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
 TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM = range(5)
@@ -202,7 +202,7 @@ class Seq2SeqJob:
 
     def positions(self, pairs, g: torch.Generator | None = None):
         """(src_pos, tgt_pos) of these examples (None, None: the model's consecutive default); random
-        positions drawn from g in training, evenly spread ones (g None) in evaluation (see lm.layout)."""
+        positions drawn from g in training, evenly spread ones (g None) in evaluation (see lm.data.layout)."""
         return positions(self.task, self.cfg.model.pos_encoding, [s for s, _ in pairs], self.cfg.model.block_size, g)
 
     def batch(self, index: int) -> tuple:

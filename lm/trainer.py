@@ -24,7 +24,7 @@ from . import checkpoint as ckpt_io
 from . import rundir
 from .checkpoint import ResumePoint
 from .config import Config, ConfigError
-from .corpus import PreparationStopped
+from .data.corpus import PreparationStopped
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
@@ -181,14 +181,14 @@ class MetricsLog:
         self.records.append(record)
 
     def plot(self, title: str) -> str | None:
-        """Redraw loss.png beside metrics.jsonl from every record so far (lm.plots.plot_run). The picture
+        """Redraw loss.png beside metrics.jsonl from every record so far (lm.inspect.plots.plot_run). The picture
         is only a view of metrics.jsonl: when it cannot be drawn or written, the run goes on and the
         reason is returned (None when it was drawn)."""
         if not self.writes:
             return None
         path = self.path.with_name("loss.png")
         try:
-            from . import plots  # matplotlib loads only when a run first evaluates (a faster start)
+            from .inspect import plots  # matplotlib loads only when a run first evaluates (a faster start)
 
             plots.plot_run(self.records, path, title)
         except Exception as e:  # noqa: BLE001 - any failure to draw leaves the run and its files as they are

@@ -20,7 +20,7 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 def offline_text() -> str:
     """The corpus that needs no download: CPython's own reference documentation (pydoc_data)."""
-    from lm.corpus import _offline_text
+    from lm.data.corpus import _offline_text
 
     return _offline_text()
 

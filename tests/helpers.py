@@ -148,7 +148,7 @@ def require_compiler() -> None:
 
 
 def grid_reference(op: str, grid) -> np.ndarray:
-    """A grid task's output grid, each op written independently of lm.tasks, with numpy."""
+    """A grid task's output grid, each op written independently of lm.data.tasks, with numpy."""
     grid = np.asarray(grid)
     if op == "rotate":
         return np.rot90(grid, k=-1)

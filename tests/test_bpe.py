@@ -1,4 +1,4 @@
-"""Byte-level BPE (lm/bpe.py): training, exact round trips, plain-value states, offline tiktoken."""
+"""Byte-level BPE (lm/data/bpe.py): training, exact round trips, plain-value states, offline tiktoken."""
 
 import base64
 import random
@@ -10,8 +10,8 @@ import pytest
 import regex
 import torch
 
-from lm.bpe import PATTERN, BpeTokenizer, TiktokenTokenizer, train_bpe
-from lm.corpus import _offline_text
+from lm.data.bpe import PATTERN, BpeTokenizer, TiktokenTokenizer, train_bpe
+from lm.data.corpus import _offline_text
 
 ROUND_TRIP_TEXTS = [
     "",

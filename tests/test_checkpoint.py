@@ -6,7 +6,7 @@ from lm import checkpoint
 from lm.checkpoint import CheckpointError
 from lm.config import Config
 from lm.nn import GPT
-from lm.tokenizer import CharTokenizer
+from lm.data.tokenizer import CharTokenizer
 
 
 def make_payload():

@@ -1,4 +1,4 @@
-"""Large corpora (lm/corpus.py): directories and globs, streamed preparation in bounded memory,
+"""Large corpora (lm/data/corpus.py): directories and globs, streamed preparation in bounded memory,
 progress and stopping, BPE learned from a bounded sample."""
 
 import json
@@ -11,8 +11,8 @@ import pytest
 from conftest import offline_text
 from helpers import cli
 from lm import config
-from lm.bpe import BpeTokenizer
-from lm.corpus import (DataError, PreparationStopped, corpus_files, cut_point, obtain_corpus, prepare_corpus,
+from lm.data.bpe import BpeTokenizer
+from lm.data.corpus import (DataError, PreparationStopped, corpus_files, cut_point, obtain_corpus, prepare_corpus,
                        split_point)
 from lm.trainer import HEARTBEAT_S, Interrupted, train
 
@@ -114,7 +114,7 @@ PUNCTUATED = ("Hello.\nWorld\nend:\n\nnext a'\nb \r\nCRLF line\r\n42\r\n\r\nx\n 
 def test_piecewise_encoding_is_exact_under_tiktokens_patterns(tmp_path, encoding):
     """tiktoken's encodings need files that are not here offline; their pre-tokenising patterns are what
     decides where a piece may be cut, so learned merges are used with each encoding's pattern."""
-    from lm.bpe import _encoding_specs
+    from lm.data.bpe import _encoding_specs
 
     pattern = _encoding_specs()[encoding]["pat_str"]
     merges = BpeTokenizer.from_text(PUNCTUATED + HARD, 400).merges
@@ -136,11 +136,11 @@ def test_piecewise_encoding_is_exact_under_tiktokens_patterns(tmp_path, encoding
 
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
 def test_a_crlf_corpus_is_cut_at_its_line_breaks(tmp_path, monkeypatch, bpe, tokenizer):
-    import lm.corpus
+    import lm.data.corpus
 
     held = []
-    add = lm.corpus._SplitWriter.add
-    monkeypatch.setattr(lm.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
+    add = lm.data.corpus._SplitWriter.add
+    monkeypatch.setattr(lm.data.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
     text = "a line\r\n" * 10_000
     corpus = prepare_corpus(write(tmp_path / "crlf.txt", text), tmp_path / "cache", 0.1, 8, read_bytes=1000,
                             tokenizer=bpe if tokenizer == "bpe" else None)
@@ -150,12 +150,12 @@ def test_a_crlf_corpus_is_cut_at_its_line_breaks(tmp_path, monkeypatch, bpe, tok
 
 
 def test_text_without_line_breaks_is_cut_when_too_much_is_held(tmp_path, monkeypatch, bpe):
-    import lm.corpus
+    import lm.data.corpus
 
-    monkeypatch.setattr(lm.corpus, "MAX_CARRY", 100)
+    monkeypatch.setattr(lm.data.corpus, "MAX_CARRY", 100)
     held = []
-    add = lm.corpus._SplitWriter.add
-    monkeypatch.setattr(lm.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
+    add = lm.data.corpus._SplitWriter.add
+    monkeypatch.setattr(lm.data.corpus._SplitWriter, "add", lambda self, text: (add(self, text), held.append(len(self.held))))
     text = "abcdefghij" * 1000  # no line break at all
     corpus = prepare_corpus(write(tmp_path / "one_line.txt", text), tmp_path / "cache", 0.1, 8, read_bytes=30,
                             tokenizer=bpe)
@@ -309,11 +309,11 @@ def test_train_stops_during_preparation_on_request(tmp_path):
 def test_bpe_is_learned_from_a_bounded_evenly_spread_sample(tmp_path, monkeypatch, one_thread):
     # three files of one repeated word each; a sample of 5 pieces of 1,000 characters, evenly spread over
     # the training split, sees all three: the 15 merges asked for make each word (with its space) one token
-    import lm.corpus
+    import lm.data.corpus
     from lm.checkpoint import load
-    from lm.tokenizer import tokenizer_from_state
+    from lm.data.tokenizer import tokenizer_from_state
 
-    monkeypatch.setattr(lm.corpus, "SAMPLE_PIECE", 1000)
+    monkeypatch.setattr(lm.data.corpus, "SAMPLE_PIECE", 1000)
     root = tmp_path / "shards"
     for k, word in enumerate(["alpha", "bravo", "delta"]):
         write(root / f"{k}.txt", f"{word}{k} " * 5000 + "\n")

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-import lm.corpus
-from lm import data
-from lm.corpus import DataError, obtain_corpus, prepare_corpus, split_point
-from lm.tokenizer import CharTokenizer, UnknownCharactersError
+import lm.data.corpus
+from lm.data import windows
+from lm.data.corpus import DataError, obtain_corpus, prepare_corpus, split_point
+from lm.data.tokenizer import CharTokenizer, UnknownCharactersError
 
 
 def test_tokenizer_round_trip_and_unknown_characters():
@@ -99,7 +99,7 @@ def test_offline_fallback_for_missing_tinyshakespeare(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(lm.corpus.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(lm.data.corpus.urllib.request, "urlopen", no_network)
     source = obtain_corpus(str(tmp_path / "data" / "tinyshakespeare" / "input.txt"))
     assert source.files == [tmp_path / "data" / "python_docs" / "input.txt"]
     assert "OFFLINE FALLBACK" in source.note and "network is unreachable" in source.note
@@ -113,17 +113,17 @@ def test_existing_file_is_used_as_is(small_corpus):
 
 def test_batches_are_a_function_of_seed_and_index(small_corpus, tmp_path):
     corpus = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
-    x1, y1 = data.window_batch(corpus.train, 4, 16, seed=1, index=7)
-    x2, y2 = data.window_batch(corpus.train, 4, 16, seed=1, index=7)
-    x3, _ = data.window_batch(corpus.train, 4, 16, seed=1, index=8)
+    x1, y1 = windows.window_batch(corpus.train, 4, 16, seed=1, index=7)
+    x2, y2 = windows.window_batch(corpus.train, 4, 16, seed=1, index=7)
+    x3, _ = windows.window_batch(corpus.train, 4, 16, seed=1, index=8)
     assert x1.shape == (4, 16) and (x1 == x2).all() and (y1 == y2).all() and not (x1 == x3).all()
     assert (x1[:, 1:] == y1[:, :-1]).all()  # targets are the inputs shifted by one
 
 
 def test_worker_batches_equal_in_process_batches(small_corpus, tmp_path):
     corpus = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16)
-    inline = data.batch_iterator(corpus.train, 4, 16, seed=3, start=5)
-    workers = data.batch_iterator(corpus.train, 4, 16, seed=3, start=5, num_workers=2)
+    inline = windows.batch_iterator(corpus.train, 4, 16, seed=3, start=5)
+    workers = windows.batch_iterator(corpus.train, 4, 16, seed=3, start=5, num_workers=2)
     for _ in range(6):
         (xa, ya), (xb, yb) = next(inline), next(workers)
         assert (xa == xb).all() and (ya == yb).all()
@@ -131,5 +131,5 @@ def test_worker_batches_equal_in_process_batches(small_corpus, tmp_path):
 
 def test_sequential_windows_cover_every_token_once():
     ids = np.arange(1000, dtype=np.uint16)
-    targets = np.concatenate([y.numpy().ravel() for _, y in data.sequential_windows(ids, 64, 5)])
+    targets = np.concatenate([y.numpy().ravel() for _, y in windows.sequential_windows(ids, 64, 5)])
     assert np.array_equal(targets, np.arange(1, 1000))

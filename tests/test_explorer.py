@@ -1,4 +1,4 @@
-"""The attention explorer page (lm.explorer): self-contained, safe against any token, and, in headless
+"""The attention explorer page (lm.inspect.explorer): self-contained, safe against any token, and, in headless
 Chromium (tests/browser.py), drawing, switching, reading out and colouring what the data says."""
 
 import json
@@ -10,7 +10,7 @@ from contextlib import ExitStack
 import pytest
 
 from browser import launch, open_page
-from lm.explorer import TEMPLATE, explorer_html, write_explorer
+from lm.inspect.explorer import TEMPLATE, explorer_html, write_explorer
 
 HOSTILE = ["</script><script>alert(1)</script>", "<!--", "-->", "</SCRIPT >", "&amp;", "\u2028", "\\u003c", '"']
 

@@ -1,15 +1,15 @@
-"""The grid task (lm.tasks.GridTask) and Task.target_slots for every task."""
+"""The grid task (lm.data.tasks.GridTask) and Task.target_slots for every task."""
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import grid_reference
-from lm.tasks import GRID_OPS, NUM_SPECIALS, TASKS, GridTask, make_task, task_from_state
+from lm.data.tasks import GRID_OPS, NUM_SPECIALS, TASKS, GridTask, make_task, task_from_state
 
 
 def as_array(task: GridTask, symbols: list[int]) -> np.ndarray:
-    """Symbols -> 2D array, split at separators without lm.tasks' own helpers."""
+    """Symbols -> 2D array, split at separators without lm.data.tasks' own helpers."""
     text = "".join("/" if s == task.sep else str(s) for s in symbols)
     return np.array([[int(ch) for ch in row] for row in text.split("/")])
 

@@ -22,7 +22,7 @@ from conftest import ROOT
 from helpers import (TIMEOUT, all_finite, checkpoints, cli, launcher, losses, metrics, popen, same_weights,
                      snapshot, tiny, wait_for)
 from lm import checkpoint, config, rundir
-from lm.data import window_batch
+from lm.data.windows import window_batch
 
 TIMINGS = ("tokens_per_sec", "elapsed_s")
 
@@ -440,7 +440,7 @@ def test_non_finite_gradients_with_a_finite_loss_never_update_the_weights(small_
 
 @pytest.mark.slow
 def test_every_seed_gives_its_own_data_order(small_corpus, tmp_path):
-    from lm.corpus import prepare_corpus
+    from lm.data.corpus import prepare_corpus
 
     ids = prepare_corpus(small_corpus, tmp_path / "cache", 0.1, 16).train
     firsts = {tuple(window_batch(ids, 4, 16, seed, 0)[0].flatten().tolist()) for seed in range(300)}

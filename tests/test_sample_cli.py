@@ -100,7 +100,7 @@ def reference_answer(checkpoint, text: str) -> str:
     """The checkpoint's greedy answer to the source text, decoded the slow way: the whole prefix through the
     decoder at every step (no cache), the most likely token each time, up to block_size tokens or EOS."""
     from lm.checkpoint import load_model
-    from lm.tasks import BOS, EOS
+    from lm.data.tasks import BOS, EOS
 
     model, task, cfg = load_model(checkpoint)
     with torch.no_grad():
@@ -190,7 +190,7 @@ def test_input_longer_than_the_trained_lengths_warns_and_still_answers(copy_chec
 def test_input_length_is_counted_as_training_counts_it():
     """Symbols for copy/reverse/sort; for add, the digits of the longer operand, leading zeros not counted."""
     import sample
-    from lm.tasks import make_task
+    from lm.data.tasks import make_task
 
     copy = make_task("copy", 10)
     assert sample.input_length(copy, copy.parse("5 7 9 2 0")) == 5

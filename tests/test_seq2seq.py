@@ -13,8 +13,8 @@ from lm.generate import beam_search, greedy_decode, length_penalty
 from lm.jobs import Seq2SeqJob, collate
 from lm.nn import Encoder, EncoderDecoder, MultiHeadAttention
 from lm.nn.models import token_loss
-from lm.padding import pad_sequences, unpad
-from lm.tasks import BOS, EOS, PAD, make_task
+from lm.data.padding import pad_sequences, unpad
+from lm.data.tasks import BOS, EOS, PAD, make_task
 from lm.trainer import lr_at, train
 
 POS = ["learned", "sinusoidal", "none"]

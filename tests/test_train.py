@@ -91,8 +91,8 @@ def test_resume_refuses_a_different_model(small_corpus, tmp_path):
 
 def test_overfits_one_batch(small_corpus, tmp_path):
     """The model and optimizer can memorise one fixed batch: its loss falls close to zero."""
-    from lm.corpus import prepare_corpus
-    from lm.data import window_batch
+    from lm.data.corpus import prepare_corpus
+    from lm.data.windows import window_batch
     from lm.nn import GPT
     from lm.trainer import make_optimizer
 

@@ -4,10 +4,10 @@ randomized; 2D: learned_2d, sinusoidal_2d, rope_2d) x attention (standard, diffe
 
 Causality and bidirectionality, cached == uncached decoding, SDPA == the explicit path, padding, learning
 tasks that need attention and positions, RoPE's relative scores, config errors, checkpoints through the real
-CLIs, and lm.layout.
+CLIs, and lm.data.layout.
 
 Positions: GPT always uses its default (consecutive) ones. The Encoder and EncoderDecoder use their default
-for the consecutive encodings and for randomized ("default" mode), and the positions lm.layout gives a
+for the consecutive encodings and for randomized ("default" mode), and the positions lm.data.layout gives a
 GridTask batch for the 2D encodings and for randomized ("layout" mode).
 """
 
@@ -29,12 +29,12 @@ from lm.checkpoint import load_model
 from lm.config import ConfigError, ModelConfig
 from lm.generate import beam_search, generate, greedy_decode
 from lm.jobs import collate
-from lm.layout import positions
+from lm.data.layout import positions
 from lm.nn import GPT, Encoder, EncoderDecoder
 from lm.nn.block import ATTENTION, RESIDUAL, make_attention, make_residual
 from lm.nn.position import POSITIONAL, Rotary2DPositional, RotaryPositional, make_positional
 from lm.optim import Muon, Optimizers, muon_parameters
-from lm.tasks import BOS, EOS, PAD, CopyTask, GridTask, ReverseTask, make_task
+from lm.data.tasks import BOS, EOS, PAD, CopyTask, GridTask, ReverseTask, make_task
 
 POS_1D = ("learned", "sinusoidal", "rope", "none", "randomized")
 POS_2D = ("learned_2d", "sinusoidal_2d", "rope_2d")
@@ -88,7 +88,7 @@ def grid_pairs(shapes=SHAPES, seed=0):
 
 
 def layout(pos, mode, pairs, g=None):
-    """(src_pos, tgt_pos) for these pairs: None for the model's default, else lm.layout's (all L slots)."""
+    """(src_pos, tgt_pos) for these pairs: None for the model's default, else lm.data.layout's (all L slots)."""
     if mode == "default":
         return None, None
     src_pos, tgt_pos = positions(GRID, pos, [s for s, _ in pairs], BLOCK, g)
@@ -356,7 +356,7 @@ def test_padding_never_changes_real_positions(kind, pos, attn, norm, mode):
 #   seq2seq  output 0: the source's first token (cross-attention to a source position); outputs 3..6: the
 #            decoder input two places back (causal self-attention over target positions); 2D encodings: each
 #            sequence one row (the encoder's task has the rows)
-# randomized: the encoder's positions are lm.layout's evaluation ones (evenly spread), the decoder its default.
+# randomized: the encoder's positions are lm.data.layout's evaluation ones (evenly spread), the decoder its default.
 # Without positions a 1-block model sees each token and the multiset of what it attends to, never their order;
 # its best is FLOORS[kind] (the answer uniform over the candidates a multiset leaves), more than 0.5 above
 # LEARNED[kind]. pos_encoding none is held to that: it cannot go below its floor (with positions leaking into it,
@@ -403,7 +403,7 @@ def learning_task(kind, pos, g, n):
             j = torch.arange(ENC_LEN)
             back, p = 3, torch.stack([j // 3, j % 3], dim=-1)  # the cell above is 3 tokens back
         elif pos == "randomized":
-            p = positions(CopyTask(10), pos, x.tolist(), BLOCK)[0]  # lm.layout's (evenly spread) positions
+            p = positions(CopyTask(10), pos, x.tolist(), BLOCK)[0]  # lm.data.layout's (evenly spread) positions
         return lambda model, head: F.cross_entropy(head(model(x, pos=p)[0])[:, back:].flatten(0, 1),
                                                    x[:, :-back].flatten())
     src, later = distinct(g, n, SRC_LEN), distinct(g, n, DEC_LEN - 1)
@@ -804,7 +804,7 @@ def test_longer_input_to_a_randomized_model_gets_a_note_not_a_warning(runs, caps
     assert "note: the input has length 6" in err and "randomized positions" in err and "likely wrong" not in err, err
 
 
-# ----------------------------------------------------------------------------- 9. lm.layout.positions
+# ----------------------------------------------------------------------------- 9. lm.data.layout.positions
 
 LAYOUT_TASKS = [CopyTask(10), ReverseTask(10), make_task("add", 10, max_len=4)] + \
                [GridTask(9, op) for op in ("rotate", "transpose", "flip", "gravity")]

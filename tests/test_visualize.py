@@ -13,15 +13,16 @@ from matplotlib.colors import to_rgb
 from PIL import Image
 
 from helpers import cli, tiny
-from lm import plots, trainer
-from lm import attention_maps
-from lm.attention_maps import AttentionRecord, record
+from lm import trainer
+from lm.inspect import plots
+from lm.inspect import attention_maps
+from lm.inspect.attention_maps import AttentionRecord, record
 from lm.checkpoint import load_model
 from lm.config import ModelConfig
 from lm.config import load as load_config
 from lm.nn import GPT, AttentionMaps, Encoder, EncoderDecoder
-from lm.runs import RunError, load_runs
-from lm.tasks import BOS, EOS
+from lm.inspect.runs import RunError, load_runs
+from lm.data.tasks import BOS, EOS
 
 VARIANTS = [("learned", "standard", "pre"), ("rope", "differential", "post"), ("sinusoidal", "differential", "pre"),
             ("none", "standard", "post")]

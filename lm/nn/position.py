@@ -243,7 +243,7 @@ class RandomizedPositional(Positional):
 
     The positions are not 0, 1, 2, ...: in training, an example's tokens take a sorted random subset
     of 0..block_size-1, so every entry of the tables is trained whatever the example's length; in
-    evaluation they are spread evenly over the same range (``lm.layout`` makes both). A longer
+    evaluation they are spread evenly over the same range (``lm.data.layout`` makes both). A longer
     sequence then uses the same table entries with a smaller spacing, not untrained ones.
     Default positions (none given) are consecutive from the start, without the end channel.
     """

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import checkpoint as ckpt_io
-from .checkpoint import CheckpointError
-from .rundir import read_metrics
+from .. import checkpoint as ckpt_io
+from ..checkpoint import CheckpointError
+from ..rundir import read_metrics
 
 MAX_SETTINGS = 4  # a label names at most this many differing settings
 # settings that change how a run is carried out, not what it learns: never a label

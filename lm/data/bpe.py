@@ -1,6 +1,6 @@
 """Byte-level BPE tokenizers: trained here (``BpeTokenizer``) or OpenAI's pre-built ones
 (``TiktokenTokenizer``). Both encode and decode with ``tiktoken`` (fast, Rust) and keep the
-tokenizer interface of ``lm.tokenizer.CharTokenizer``: ``kind``, ``vocab_size``, ``dtype``,
+tokenizer interface of ``lm.data.tokenizer.CharTokenizer``: ``kind``, ``vocab_size``, ``dtype``,
 ``encode``, ``decode``, ``state`` (plain values only, so checkpoints load with
 ``torch.load(weights_only=True)`` and need no file or network later) and ``from_state``.
 

@@ -1,4 +1,4 @@
-"""Token ids (lm.corpus's memory-mapped cache) -> random block_size training windows.
+"""Token ids (lm.data.corpus's memory-mapped cache) -> random block_size training windows.
 
 Batches are a pure function of (seed, index): batch ``i`` always holds the same
 windows, whichever process builds it and whenever. That makes resumed runs replay

@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .generate import greedy_decode, prepare_source
-from .tasks import BOS, EOS, PAD
-from .tokenizer import UnknownCharactersError
+from ..generate import greedy_decode, prepare_source
+from ..data.tasks import BOS, EOS, PAD
+from ..data.tokenizer import UnknownCharactersError
 
 DECIMALS = 5  # weights in attention.json are rounded to this many decimals
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from .files import remove_abandoned_temporaries, write_atomic, write_text_atomic
+from ..files import remove_abandoned_temporaries, write_atomic, write_text_atomic
 from .tokenizer import CharTokenizer, UnknownCharactersError
 
 # Corpora that are fetched when their file is missing: directory name -> URL.
@@ -343,7 +343,7 @@ class TokenizerSource:
 class Corpus:
     train: np.ndarray  # token ids of the training split (memory-mapped)
     val: np.ndarray  # token ids of the validation split (memory-mapped)
-    tokenizer: object  # lm.tokenizer: CharTokenizer, or lm.bpe's BpeTokenizer / TiktokenTokenizer
+    tokenizer: object  # lm.data.tokenizer: CharTokenizer, or lm.data.bpe's BpeTokenizer / TiktokenTokenizer
     name: str  # what to call it in messages
     files: list[Path]  # the corpus files, in order
     reused_cache: bool  # True when the id cache from an earlier run was used

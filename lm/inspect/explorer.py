@@ -1,7 +1,7 @@
 """An offline, self-contained page for exploring a model's attention weights.
 
 explorer_html(data) puts the attention maps of one example (the dict visualize.py also saves as
-attention.json) into the page template lm/explorer.html: one HTML file with its CSS, its script and
+attention.json) into the page template lm/inspect/explorer.html: one HTML file with its CSS, its script and
 its data inline, that opens from file:// and makes no network request of any kind.
 
 The page shows one map at a time as a heatmap, rows the queries and columns the keys, each labelled
@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import write_text_atomic
+from ..files import write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("explorer.html")
 PLACEHOLDER = "__ATTENTION_DATA__"

@@ -1,6 +1,6 @@
 """PNG plots with matplotlib: attention heatmaps and loss curves.
 
-Attention (from an lm.attention_maps.AttentionRecord), tokens as axis labels, queries as rows:
+Attention (from an lm.inspect.attention_maps.AttentionRecord), tokens as axis labels, queries as rows:
     plot_head       one head of one layer
     plot_layer      every head of one layer, side by side
     plot_overview   every layer (rows) and head (columns)
@@ -25,7 +25,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from .files import write_atomic
+from ..files import write_atomic
 
 VISIBLE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}  # whitespace drawn as a visible sign
 MAX_LABELS = 48  # a longer axis labels every n-th token only

@@ -1,7 +1,7 @@
 """Tokenizers: text <-> integer ids, with a state of plain values for checkpoints.
 
-By name (data.tokenizer): char (CharTokenizer, here), bpe (lm.bpe.BpeTokenizer, trained on the training
-split) and tiktoken's encodings (lm.bpe.TiktokenTokenizer). Every tokenizer has kind, vocab_size, dtype,
+By name (data.tokenizer): char (CharTokenizer, here), bpe (lm.data.bpe.BpeTokenizer, trained on the training
+split) and tiktoken's encodings (lm.data.bpe.TiktokenTokenizer). Every tokenizer has kind, vocab_size, dtype,
 encode(text) -> ids, decode(ids) -> text, token_bytes(id), state() and from_state(state).
 """
 
@@ -82,7 +82,7 @@ def make_tokenizer(name: str, text: str | list[str], vocab_size: int = 0, file: 
     characters), bpe (vocab_size tokens learned from it; the caller passes the training split or a
     sample of it; progress(merges done, total) while learning) or a tiktoken encoding (gpt2,
     cl100k_base, ...: from tiktoken's cache or file; text is not needed)."""
-    from .config import TOKENIZERS
+    from ..config import TOKENIZERS
 
     if name == "char":
         return CharTokenizer.from_text(text if isinstance(text, str) else "".join(text))

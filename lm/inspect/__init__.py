@@ -1,0 +1,1 @@
+"""Looking inside a model and its runs: attention maps, plots, the offline explorer, run directories."""
