@@ -2,7 +2,7 @@
 
 Language model: stream text to stdout as it is produced (several samples: generated as one batch,
 each printed when the batch is done; sample i is seeded seed + i, as --num_samples 1 --seed seed+i is;
-see README, Sample).
+see docs/cli.md: --num_samples).
     python sample.py --checkpoint out/shakespeare_char/best.pt --prompt "ROMEO:" \
         --max_new_tokens 500 --temperature 0.8 --top_k 40 --top_p 0.95 --num_samples 3 --seed 1
 Seq2seq task: print the model's output for one source sequence (greedy, or beam search).
@@ -155,7 +155,7 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
     side = "longer" if n > hi else "shorter"
     if n > hi and cfg.model.pos_encoding == "randomized":
         print(f"note: the input has length {n} ({what}), longer than the lengths {lo}..{hi} this model was trained "
-              f"on; its randomized positions are made for that (see README, length generalisation)", file=sys.stderr)
+              f"on; its randomized positions are made for that (see docs/seq2seq.md)", file=sys.stderr)
         return
     print(f"warning: the input has length {n} ({what}), {side} than the lengths {lo}..{hi} this model was "
           f"trained on; its output is likely wrong", file=sys.stderr)

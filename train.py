@@ -79,7 +79,8 @@ def parse_args(argv: list[str]) -> Args:
 
 
 def load_config(args: Args) -> tuple[config.Config, ResumePoint | None]:
-    """The run's config and, when resuming, the checkpoint to continue (read here, once).
+    """The run's config and, when resuming, the checkpoint to continue (read here, once, and passed on
+    to the trainer).
 
     Resuming without --config takes the checkpoint's own config, and the overrides are checked
     against it (e.g. --min_lr against the checkpoint's lr, not the default one).
@@ -88,12 +89,11 @@ def load_config(args: Args) -> tuple[config.Config, ResumePoint | None]:
         return config.load(args.config, args.overrides), None
     if args.config is not None:
         cfg = config.load(args.config, args.overrides)
-        return cfg, checkpoint.load_latest(cfg.train.out_dir if args.resume is True else args.resume)
-    if args.resume is True:
-        out_dir = config.override_value(args.overrides, "out_dir", config.TrainConfig().out_dir)
-        point = checkpoint.load_latest(out_dir)
-    else:
-        point = checkpoint.load_latest(args.resume)
+        return cfg, checkpoint.resume_point(args.resume, cfg.train.out_dir, args.overwrite)
+    # --resume alone continues the run in out_dir: the one the overrides name, or the default
+    out_dir = (config.override_value(args.overrides, "out_dir", config.TrainConfig().out_dir)
+               if args.resume is True else None)
+    point = checkpoint.resume_point(args.resume, out_dir, args.overwrite)
     cfg = config.build(point.ckpt["config"], [config.parse_override(o) for o in args.overrides],
                        source="checkpoint config + overrides")
     return cfg, point
@@ -318,7 +318,7 @@ def main(argv: list[str]) -> int:
     try:
         args = parse_args(argv)
         cfg, point = load_config(args)
-        train(cfg, resume=point or False, overwrite=args.overwrite, on_event=console, should_stop=stop)
+        train(cfg, resume=point, overwrite=args.overwrite, on_event=console, should_stop=stop)
     except Interrupted as e:
         console.close()
         if os.environ.get("RANK", "0") == "0":  # under torchrun every process stops; the main one says so

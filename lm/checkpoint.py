@@ -13,6 +13,11 @@ Contents (tensors and plain Python values only, so it loads with weights_only=Tr
     window          running sums of the metrics line in progress (exact metrics across a resume)
 Writes go to a temporary file that is then renamed over the target, so a crash
 mid-save leaves the previous checkpoint whole.
+
+Resuming: ``resume_point`` turns what a script's --resume asks for into the checkpoint to continue
+(a ResumePoint, read once), and ``check_resume_config`` / ``check_resume_vocab`` say whether this
+run's config and data may continue it (the model's shape, the optimizer and the vocabulary may not
+change; anything else may, and is reported).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .config import Config, ConfigError
 from .files import write_atomic
+from .nn import make_model
 
 FORMAT_VERSION = 1
 
@@ -148,6 +155,87 @@ def load_latest(path: str | Path) -> ResumePoint:
     raise CheckpointError(f"no checkpoint to resume from in {str(path)!r}: {detail}")
 
 
+# ----------------------------------------------------------------------------- resuming
+
+def resume_point(resume: bool | str | Path | None, out_dir: str | Path | None,
+                 overwrite: bool = False) -> ResumePoint | None:
+    """The checkpoint that a script's --resume asks for, read once (see load_latest): None for no resume
+    (False or None), out_dir's (True: continue the run there), or that of a checkpoint file or run
+    directory (a path: continue it, writing to the run's out_dir). Continuing the run in out_dir and
+    replacing it (overwrite) contradict each other: refused."""
+    if resume is True and overwrite:
+        raise ConfigError("resume (continue the run in out_dir) and overwrite (replace it) contradict each other")
+    if resume is True:
+        return load_latest(out_dir)
+    return load_latest(resume) if resume else None
+
+
+# model settings that may change on resume: dropout is not part of the weights' shape, and the
+# vocabulary (vocab_size) is compared separately, against the data (check_resume_vocab)
+_RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
+# settings whose state lives in the checkpoint in a form another value cannot read
+_FIXED_KEYS = ("train.optimizer", "data.tokenizer")
+# what a checkpoint written before a setting existed did, where that differs from today's default
+_BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
+
+
+def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
+    """Refuse a model whose shape differs from the checkpoint's (or another optimizer); return the other
+    settings that changed, as (key, checkpoint's value, config's value). Settings added since the
+    checkpoint was written count as what the code did then (a checkpoint without optimizer was trained
+    with AdamW)."""
+    changes = _changed(_complete(saved), cfg.to_dict())
+    shape = [(k, a, b) for k, a, b in changes
+             if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_KEYS]
+    if shape:
+        lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in shape)
+        raise ConfigError(f"cannot resume: the model differs from the checkpoint's ({lines})")
+    return [(k, a, b) for k, a, b in changes if k != "model.vocab_size"]
+
+
+def check_resume_vocab(saved: dict, vocab_state: dict) -> None:
+    """Refuse data whose vocabulary (the job's tokenizer or task state) differs from the checkpoint's:
+    the weights are indexed by it."""
+    if saved["tokenizer"] != vocab_state:
+        raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
+                          f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(vocab_state)})")
+
+
+def _complete(saved: dict) -> dict:
+    """A saved config with the settings added since it was written: the value the code then had (the
+    default, or _BEFORE_THE_SETTING)."""
+    full = {section: dict(values) for section, values in Config().to_dict().items()}
+    for (section, key), value in _BEFORE_THE_SETTING.items():
+        full[section][key] = value
+    for section, values in saved.items():
+        full.setdefault(section, {}).update(values)
+    return full
+
+
+def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old value, new value) of every setting of new that differs from old."""
+    out = []
+    for key in new:
+        if isinstance(new[key], dict):
+            out += _changed(old.get(key, {}), new[key], f"{prefix}{key}.")
+        elif old.get(key) != new[key]:
+            out.append((f"{prefix}{key}", old.get(key), new[key]))
+    return out
+
+
+def _describe_vocab(state: dict) -> str:
+    """A vocabulary's state in a few words, e.g. "65 characters"."""
+    if state.get("kind") == "char":
+        return f"{len(state['chars'])} characters"
+    if state.get("kind") == "bpe":
+        return f"a byte-level BPE of {256 + len(state['merges'])} tokens"
+    if state.get("kind") == "tiktoken":
+        return f"tiktoken's {state['name']}"
+    return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
+
+
+# ----------------------------------------------------------------------------- state outside the model
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -167,7 +255,7 @@ def load_model(path: str | Path, device="cpu"):
     vocab is the tokenizer (task lm: lm.data.tokenizer.tokenizer_from_state) or the Task (seq2seq tasks).
     """
     from .config import from_dict
-    from .jobs import make_model, vocab_from_state
+    from .jobs import vocab_from_state
 
     ckpt = load(path, map_location=device)
     cfg = from_dict(ckpt["config"])

@@ -13,12 +13,13 @@ work starts.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -31,7 +32,8 @@ class ConfigError(ValueError):
 class DataConfig:
     # what to train on: a UTF-8 text file, a directory (every file beneath it, in path order) or a
     # glob pattern ("shards/*.txt", "corpus/**/*.txt"). A missing ".../tinyshakespeare/input.txt"
-    # is downloaded, or replaced by an offline corpus when there is no network.
+    # is downloaded; with no network, the Python documentation shipped with CPython is used instead
+    # (a loud message says so).
     data_path: str = "data/tinyshakespeare/input.txt"
     # fraction of the corpus (its end) held out for validation
     val_fraction: float = 0.1
@@ -40,7 +42,7 @@ class DataConfig:
     # task lm: char (one token per character) | bpe (byte-level BPE with vocab_size tokens, trained here
     # on the training split) | gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base (tiktoken's
     # encodings: from its cache, or from tokenizer_file; no download is needed when either is there)
-    tokenizer: str = "char"
+    tokenizer: Literal["char", "bpe", "gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base"] = "char"
     # a tiktoken .tiktoken rank file for tokenizer gpt2 ... o200k_base (null: tiktoken's cache)
     tokenizer_file: Optional[str] = None
     # tokenizer bpe: characters of the training split it is learned from (the whole split when shorter,
@@ -48,15 +50,16 @@ class DataConfig:
     tokenizer_sample: int = 10_000_000
     # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
     # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
-    task: str = "lm"
+    task: Literal["lm", "copy", "reverse", "sort", "add", "grid"] = "lm"
     # task grid: the operation on the grid: rotate (90 degrees clockwise) | transpose | flip
     # (left-right) | gravity (coloured cells fall to the bottom of their column)
-    grid_op: str = "rotate"
+    grid_op: Literal["rotate", "transpose", "flip", "gravity"] = "rotate"
     # tasks: number of distinct symbols (for add: the number base, 2..10; for grid: colours, 2..10)
     num_symbols: int = 10
-    # tasks: shortest and longest training sequence (for add: digits of the longer operand;
-    # for grid: the side, rows and columns each drawn in min_len..max_len)
+    # tasks: shortest training sequence (for add: digits of the longer operand; for grid: the shortest
+    # side, rows and columns each drawn in min_len..max_len)
     min_len: int = 1
+    # tasks: longest training sequence (for add: digits of the longer operand; for grid: the longest side)
     max_len: int = 16
     # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none)
     eval_long_len: int = 24
@@ -80,21 +83,22 @@ class ModelConfig:
     bias: bool = True
     # positions: learned | sinusoidal | rope | none | randomized (seq2seq tasks: length
     # generalisation) | learned_2d | sinusoidal_2d | rope_2d (task grid: row and column)
-    pos_encoding: str = "learned"
+    pos_encoding: Literal["learned", "sinusoidal", "rope", "none", "randomized", "learned_2d", "sinusoidal_2d",
+                          "rope_2d"] = "learned"
     # attention: standard | differential (Differential Transformer; needs an even num_heads)
-    attention: str = "standard"
+    attention: Literal["standard", "differential"] = "standard"
     # where each block's LayerNorms sit: pre (x + f(LN(x)), GPT-2) | post (LN(x + f(x)), the original)
-    norm_placement: str = "pre"
+    norm_placement: Literal["pre", "post"] = "pre"
     # vocabulary size; set from the corpus (or task) at the start of a run, 0 = not yet known
     vocab_size: int = 0
     # encoder-decoder only: source and target share one embedding table
     share_embeddings: bool = True
     # normalisation layers: layernorm | rmsnorm (no mean subtraction, no bias)
-    norm: str = "layernorm"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     # normalise each head's queries and keys (RMSNorm over the head width) before their dot product
     qk_norm: bool = False
     # feed-forward activation: gelu | relu2 (ReLU squared)
-    activation: str = "gelu"
+    activation: Literal["gelu", "relu2"] = "gelu"
     # output head tied to the (target) token embedding; false = a separate matrix
     tie_head: bool = True
     # start the projections that write into the residual stream (attention output, feed-forward
@@ -108,7 +112,7 @@ class TrainConfig:
     out_dir: str = "out/shakespeare_char"
     # training windows per micro-batch
     batch_size: int = 64
-    # micro-batches whose gradients are summed per optimizer step
+    # micro-batches whose gradients are summed per optimizer step (effective batch = batch_size * grad_accum)
     grad_accum: int = 1
     # passes over the data; one epoch = as many windows as the training split has tokens
     epochs: Optional[float] = None
@@ -124,12 +128,12 @@ class TrainConfig:
     # peak learning rate (AdamW)
     lr: float = 2e-3
     # adamw | muon (Muon for the blocks' weight matrices, AdamW for embeddings, head, norms and biases)
-    optimizer: str = "muon"
+    optimizer: Literal["adamw", "muon"] = "muon"
     # peak learning rate of Muon's matrices (optimizer: muon), following the same schedule as lr
     muon_lr: float = 0.05
     # cosine (linear warm-up, cosine decay to min_lr) | noam (linear warm-up, then lr * sqrt(warmup / step))
     # | wsd (linear warm-up, constant lr, then linear decay to min_lr over the last decay_fraction of steps)
-    lr_schedule: str = "cosine"
+    lr_schedule: Literal["cosine", "noam", "wsd"] = "cosine"
     # lr_schedule wsd: the share of the run's steps spent decaying to min_lr
     decay_fraction: float = 0.2
     # label smoothing of the training loss (0 = none); evaluation losses are never smoothed
@@ -148,7 +152,8 @@ class TrainConfig:
     beta2: float = 0.99
     # clip the global gradient norm to this value (0 = no clipping)
     grad_clip: float = 1.0
-    # evaluate on train and validation batches every this many steps
+    # evaluate on train and validation batches (and write last.pt, and best.pt when it improves) every
+    # this many steps
     eval_interval: int = 275
     # batches per evaluation estimate
     eval_iters: int = 20
@@ -159,11 +164,13 @@ class TrainConfig:
     # auto | cpu | cuda | cuda:N | mps  (auto: cuda, then mps, then cpu)
     device: str = "auto"
     # auto | float32 | bfloat16 | float16 (auto: bfloat16 autocast on GPUs that support it and on CPUs
-    # that compute bf16 natively (AVX512-BF16 or AMX), else float32; the start line says which and why)
-    dtype: str = "auto"
+    # that compute bf16 natively (AVX512-BF16, AMX or Arm BF16), else float32; the start line says which
+    # and why)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # torch.compile the model for training steps (evaluation and sampling stay eager). The first step
     # includes the compile time; where compiling is unavailable or fails, a warning says why and the
-    # run trains eagerly. Checkpoints are the same either way.
+    # run trains eagerly. Checkpoints are the same either way. Off by default: in a run as short as
+    # config.yaml's it costs more compile time than it saves (docs/benchmarks.md).
     compile: bool = False
 
 
@@ -187,22 +194,47 @@ for _section, _cls in _SECTION_CLASSES.items():
         assert _f.name not in FIELD_SECTION, f"field name {_f.name!r} is not unique"
         FIELD_SECTION[_f.name] = _section
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none", "randomized", "learned_2d", "sinusoidal_2d", "rope_2d")
+
+
+def choices(cls, name: str) -> tuple[str, ...]:
+    """The allowed values of a Literal field, e.g. choices(ModelConfig, "attention")."""
+    return typing.get_args(typing.get_type_hints(cls)[name])
+
+
+# The allowed names, read from the Literal fields above (their one source), for code that lists them.
+POS_ENCODINGS = choices(ModelConfig, "pos_encoding")
 GRID_ENCODINGS = ("learned_2d", "sinusoidal_2d", "rope_2d")  # positions are (row, column): task grid only
-ATTENTIONS = ("standard", "differential")
-NORM_PLACEMENTS = ("pre", "post")
-TASKS = ("lm", "copy", "reverse", "sort", "add", "grid")
-GRID_OPS = ("rotate", "transpose", "flip", "gravity")
-LR_SCHEDULES = ("cosine", "noam", "wsd")
-NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "relu2")
-OPTIMIZERS = ("adamw", "muon")
-TIKTOKEN_ENCODINGS = ("gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base")
-TOKENIZERS = ("char", "bpe", *TIKTOKEN_ENCODINGS)
+ATTENTIONS = choices(ModelConfig, "attention")
+NORM_PLACEMENTS = choices(ModelConfig, "norm_placement")
+NORMS = choices(ModelConfig, "norm")
+ACTIVATIONS = choices(ModelConfig, "activation")
+TASKS = choices(DataConfig, "task")
+GRID_OPS = choices(DataConfig, "grid_op")
+TOKENIZERS = choices(DataConfig, "tokenizer")
+TIKTOKEN_ENCODINGS = tuple(name for name in TOKENIZERS if name not in ("char", "bpe"))
+LR_SCHEDULES = choices(TrainConfig, "lr_schedule")
+OPTIMIZERS = choices(TrainConfig, "optimizer")
+DTYPES = choices(TrainConfig, "dtype")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_MAX = 2**63 - 1
 RUN_LENGTH = {"train.epochs", "train.max_iters", "train.max_time"}  # the settings that decide how long a run is
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Each field's documentation: the comment lines just above it in this file, joined (their one source;
+    config.yaml repeats them above its keys, which tests/test_config.py checks)."""
+    docs, comment = {}, []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        name = text.split(":")[0]
+        if text.startswith("#"):
+            comment.append(text[1:].strip())
+        elif name.isidentifier() and line.startswith("    ") and not line.startswith("     "):
+            docs[name] = " ".join(comment)
+            comment = []
+        else:
+            comment = []
+    return docs
 
 
 def _field_types(cls) -> dict[str, Any]:
@@ -212,6 +244,8 @@ def _field_types(cls) -> dict[str, Any]:
 def _describe(tp) -> str:
     if _optional_inner(tp) is not None:
         return f"{_describe(_optional_inner(tp))} or null"
+    if typing.get_origin(tp) is Literal:
+        return "a string"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
 
 
@@ -267,7 +301,7 @@ def _coerce(key: str, value: Any, tp) -> Any:
         if not math.isfinite(out):
             raise ConfigError(f"{key}: {value!r} is not a finite number")
         return out
-    if tp is str:
+    if tp is str or typing.get_origin(tp) is Literal:  # a Literal's membership is checked by validate
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise bad
@@ -397,110 +431,124 @@ def from_dict(d: dict) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError for any impossible value, naming the key, the value and what is allowed."""
+    """Raise ConfigError for any impossible value, naming the key, the value and what is allowed: first the
+    named choices (from the Literal types), then each section's ranges and the rules between settings."""
+    _check_choices(cfg)
+    _validate_data(cfg)
+    _validate_model(cfg)
+    _validate_train(cfg)
+
+
+def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
+
+
+def _check_choices(cfg: Config) -> None:
+    """Every Literal field holds one of its names."""
+    for section in (cfg.data, cfg.model, cfg.train):
+        for name, tp in _field_types(type(section)).items():
+            if typing.get_origin(tp) is Literal:
+                value, allowed = getattr(section, name), typing.get_args(tp)
+                _need(value in allowed, name, value, f"choose one of: {', '.join(allowed)}")
+
+
+def _validate_data(cfg: Config) -> None:
     d, m, t = cfg.data, cfg.model, cfg.train
-
-    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
-
-    need(bool(d.data_path.strip()), "data_path", d.data_path,
-         "give a UTF-8 text file, a directory of them or a glob pattern")
-    need(d.tokenizer_sample > 0, "tokenizer_sample", d.tokenizer_sample, "it must be a positive number of characters")
-    need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
-    need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
-    need(d.task in TASKS, "task", d.task, f"choose one of: {', '.join(TASKS)}")
+    _need(bool(d.data_path.strip()), "data_path", d.data_path,
+          "give a UTF-8 text file, a directory of them or a glob pattern")
+    _need(d.tokenizer_sample > 0, "tokenizer_sample", d.tokenizer_sample, "it must be a positive number of characters")
+    _need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
+    _need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
     if d.task != "lm":
-        need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
-        need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
+        _need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
+        _need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
              "for task add it is the number base, 2..10")
-        need(d.task != "grid" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
+        _need(d.task != "grid" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
              "for task grid it is the number of colours, 2..10 (each written as one digit)")
-        need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1")
-        need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
-        need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
+        _need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1")
+        _need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
+        _need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
              f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
-        need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
-        need(t.epochs is None, "epochs", t.epochs,
+        _need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
+        _need(t.epochs is None, "epochs", t.epochs,
              "generated tasks have no fixed data to pass over; set max_iters or max_time instead (epochs: null)")
-        need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
+        _need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
              "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
-    need(d.grid_op in GRID_OPS, "grid_op", d.grid_op, f"choose one of: {', '.join(GRID_OPS)}")
+    _need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
+          f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
+    _need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
+          "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
+          "e.g. --vocab_size=1024")
+    _need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
+          f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
+
+
+def _validate_model(cfg: Config) -> None:
+    """Sizes, and the shape rules of each variant (checked here only; lm.nn asserts them)."""
+    d, m = cfg.data, cfg.model
     for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
-        need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
-    need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
-         f"it must be divisible by num_heads ({m.num_heads})")
-    need(0.0 <= m.dropout < 1.0, "dropout", m.dropout, "it must be in [0, 1)")
-    need(m.pos_encoding in POS_ENCODINGS, "pos_encoding", m.pos_encoding, f"choose one of: {', '.join(POS_ENCODINGS)}")
-    need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
-         f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
-         f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
-    need(m.pos_encoding != "none" or d.task in ("lm", "sort"), "pos_encoding", m.pos_encoding,
-         f"without positions the encoder sees its source as an unordered bag of symbols, and task {d.task!r} "
-         f"depends on their order; use another encoding (none suits lm, whose causal mask gives order, and sort)")
-    need(m.pos_encoding != "randomized" or d.task != "lm", "pos_encoding", m.pos_encoding,
-         "randomized positions are a length-generalisation method for the seq2seq tasks (copy, reverse, ...); "
-         "for task lm use learned, sinusoidal, rope or none")
+        _need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
+    _need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
+          f"it must be divisible by num_heads ({m.num_heads})")
+    _need(0.0 <= m.dropout < 1.0, "dropout", m.dropout, "it must be in [0, 1)")
+    _need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
+          f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
+          f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
+    _need(m.pos_encoding != "none" or d.task in ("lm", "sort"), "pos_encoding", m.pos_encoding,
+          f"without positions the encoder sees its source as an unordered bag of symbols, and task {d.task!r} "
+          f"depends on their order; use another encoding (none suits lm, whose causal mask gives order, and sort)")
+    _need(m.pos_encoding != "randomized" or d.task != "lm", "pos_encoding", m.pos_encoding,
+          "randomized positions are a length-generalisation method for the seq2seq tasks (copy, reverse, ...); "
+          "for task lm use learned, sinusoidal, rope or none")
     head_dim = m.embedding_dim // m.num_heads
-    need(m.pos_encoding != "rope" or head_dim % 2 == 0, "pos_encoding", m.pos_encoding,
-         f"rope needs an even head width, embedding_dim / num_heads = {head_dim}")
-    need(m.pos_encoding != "rope_2d" or head_dim % 4 == 0, "pos_encoding", m.pos_encoding,
-         f"rope_2d needs a head width divisible by 4, embedding_dim / num_heads = {head_dim}")
-    need(m.pos_encoding not in ("sinusoidal", "learned_2d") or m.embedding_dim % 2 == 0, "embedding_dim",
-         m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
-    need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
-         "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
-    need(m.attention in ATTENTIONS, "attention", m.attention, f"choose one of: {', '.join(ATTENTIONS)}")
-    need(m.attention != "differential" or m.num_heads % 2 == 0, "num_heads", m.num_heads,
-         "attention differential pairs heads (num_heads / 2 differential heads): it must be even")
-    need(m.norm_placement in NORM_PLACEMENTS, "norm_placement", m.norm_placement,
-         f"choose one of: {', '.join(NORM_PLACEMENTS)}")
-    need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
-    need(d.tokenizer in TOKENIZERS, "tokenizer", d.tokenizer, f"choose one of: {', '.join(TOKENIZERS)}")
-    need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
-         f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
-    need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
-         "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
-         "e.g. --vocab_size=1024")
-    need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
-         f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
-    need(m.norm in NORMS, "norm", m.norm, f"choose one of: {', '.join(NORMS)}")
-    need(m.activation in ACTIVATIONS, "activation", m.activation, f"choose one of: {', '.join(ACTIVATIONS)}")
-    need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")
+    _need(m.pos_encoding != "rope" or head_dim % 2 == 0, "pos_encoding", m.pos_encoding,
+          f"rope needs an even head width, embedding_dim / num_heads = {head_dim}")
+    _need(m.pos_encoding != "rope_2d" or head_dim % 4 == 0, "pos_encoding", m.pos_encoding,
+          f"rope_2d needs a head width divisible by 4, embedding_dim / num_heads = {head_dim}")
+    _need(m.pos_encoding not in ("sinusoidal", "learned_2d") or m.embedding_dim % 2 == 0, "embedding_dim",
+          m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
+    _need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
+          "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
+    _need(m.attention != "differential" or m.num_heads % 2 == 0, "num_heads", m.num_heads,
+          "attention differential pairs heads (num_heads / 2 differential heads): it must be even")
+    _need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
+
+
+def _validate_train(cfg: Config) -> None:
+    t = cfg.train
+    _need(bool(t.out_dir.strip()), "out_dir", t.out_dir, "give a directory path")
     for key in ("batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
-        need(getattr(t, key) > 0, key, getattr(t, key), "it must be a positive integer")
-    need(t.epochs is None or t.epochs > 0, "epochs", t.epochs, "it must be > 0 (or null)")
-    need(t.max_iters is None or t.max_iters > 0, "max_iters", t.max_iters, "it must be > 0 (or null)")
-    need(t.max_time is None or t.max_time > 0, "max_time", t.max_time,
-         "it must be > 0 seconds of training (or null for a run by steps or epochs)")
-    need(t.lr > 0, "lr", t.lr, "it must be > 0")
-    need(0 <= t.min_lr <= t.lr, "min_lr", t.min_lr, f"it must be between 0 and lr ({t.lr})")
-    need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
-         "it must be > 0 (or null for the run's last step)")
-    need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
-    need(t.lr_schedule in LR_SCHEDULES, "lr_schedule", t.lr_schedule, f"choose one of: {', '.join(LR_SCHEDULES)}")
-    need(0 < t.decay_fraction <= 1, "decay_fraction", t.decay_fraction, "it must be in (0, 1]")
-    need(t.optimizer in OPTIMIZERS, "optimizer", t.optimizer, f"choose one of: {', '.join(OPTIMIZERS)}")
-    need(t.muon_lr > 0, "muon_lr", t.muon_lr, "it must be > 0")
-    need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
-         "lr_schedule noam needs warmup_iters > 0")
-    need(t.lr_schedule != "noam" or t.lr_decay_iters is None, "lr_decay_iters", t.lr_decay_iters,
-         "lr_schedule noam decays as 1/sqrt(step) and has no end step; leave lr_decay_iters null "
-         "(it is for the cosine schedule)")
-    need(t.lr_decay_iters is None or t.max_time is None, "lr_decay_iters", t.lr_decay_iters,
-         f"with max_time ({t.max_time} s) the decay ends when the time budget is spent, not at a step; leave "
-         f"lr_decay_iters null, or give the run's length in steps (max_iters, max_time: null) to end the decay "
-         f"at step {t.lr_decay_iters}")
-    need(t.lr_decay_iters is None or t.lr_decay_iters > t.warmup_iters, "lr_decay_iters", t.lr_decay_iters,
-         f"the cosine decay must end after the warm-up: it must be > warmup_iters ({t.warmup_iters}), "
-         f"or null for the run's last step")
-    need(0 <= t.seed <= SEED_MAX, "seed", t.seed, f"it must be an integer in 0 .. {SEED_MAX} (2**63 - 1)")
-    need(0.0 <= t.label_smoothing < 1.0, "label_smoothing", t.label_smoothing, "it must be in [0, 1)")
-    need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
-    need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")
-    need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")
-    need(t.grad_clip >= 0, "grad_clip", t.grad_clip, "it must be >= 0 (0 = no clipping)")
-    need(t.dtype in DTYPES, "dtype", t.dtype, f"choose one of: {', '.join(DTYPES)}")
+        _need(getattr(t, key) > 0, key, getattr(t, key), "it must be a positive integer")
+    _need(t.epochs is None or t.epochs > 0, "epochs", t.epochs, "it must be > 0 (or null)")
+    _need(t.max_iters is None or t.max_iters > 0, "max_iters", t.max_iters, "it must be > 0 (or null)")
+    _need(t.max_time is None or t.max_time > 0, "max_time", t.max_time,
+          "it must be > 0 seconds of training (or null for a run by steps or epochs)")
+    _need(t.lr > 0, "lr", t.lr, "it must be > 0")
+    _need(0 <= t.min_lr <= t.lr, "min_lr", t.min_lr, f"it must be between 0 and lr ({t.lr})")
+    _need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
+          "it must be > 0 (or null for the run's last step)")
+    _need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
+    _need(0 < t.decay_fraction <= 1, "decay_fraction", t.decay_fraction, "it must be in (0, 1]")
+    _need(t.muon_lr > 0, "muon_lr", t.muon_lr, "it must be > 0")
+    _need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
+          "lr_schedule noam needs warmup_iters > 0")
+    _need(t.lr_schedule != "noam" or t.lr_decay_iters is None, "lr_decay_iters", t.lr_decay_iters,
+          "lr_schedule noam decays as 1/sqrt(step) and has no end step; leave lr_decay_iters null "
+          "(it is for the cosine schedule)")
+    _need(t.lr_decay_iters is None or t.max_time is None, "lr_decay_iters", t.lr_decay_iters,
+          f"with max_time ({t.max_time} s) the decay ends when the time budget is spent, not at a step; leave "
+          f"lr_decay_iters null, or give the run's length in steps (max_iters, max_time: null) to end the decay "
+          f"at step {t.lr_decay_iters}")
+    _need(t.lr_decay_iters is None or t.lr_decay_iters > t.warmup_iters, "lr_decay_iters", t.lr_decay_iters,
+          f"the cosine decay must end after the warm-up: it must be > warmup_iters ({t.warmup_iters}), "
+          f"or null for the run's last step")
+    _need(0 <= t.seed <= SEED_MAX, "seed", t.seed, f"it must be an integer in 0 .. {SEED_MAX} (2**63 - 1)")
+    _need(0.0 <= t.label_smoothing < 1.0, "label_smoothing", t.label_smoothing, "it must be in [0, 1)")
+    _need(t.weight_decay >= 0, "weight_decay", t.weight_decay, "it must be >= 0")
+    _need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")
+    _need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")
+    _need(t.grad_clip >= 0, "grad_clip", t.grad_clip, "it must be >= 0 (0 = no clipping)")
     dev = t.device
     ok_dev = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
-    need(ok_dev, "device", dev, f"choose one of: {DEVICES}")
+    _need(ok_dev, "device", dev, f"choose one of: {DEVICES}")

@@ -87,7 +87,7 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     generator: one for the batch, or one per row (see sample_next). With one per row, row i gets
     the random draws it would get alone (idx[i:i+1] with generator[i]); its logits can still differ
     from the lone run's in the last float bits (matrix products of B rows and of one row may round
-    differently), which changes a token only where two choices are that close (see README, Sample).
+    differently), which changes a token only where two choices are that close (see docs/cli.md: --num_samples).
 
     The context lives in one (B, T + max_new_tokens) buffer, allocated once, that each new token is
     written into in place: the growing context is never concatenated or copied per token.
@@ -105,9 +105,9 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     for t in range(T, T + max_new_tokens):  # t: the tokens so far
         if cache is not None and t <= block_size:
             new = tokens[:, :t] if t == T else tokens[:, t - 1 : t]  # prefill the prompt, then the newest token
-            logits, _, _ = model(new, cache=cache, last_only=True)  # (B, 1, V)
+            logits, _ = model(new, cache=cache, last_only=True)  # (B, 1, V)
         else:
-            logits, _, _ = model(tokens[:, max(0, t - block_size) : t], last_only=True)  # (B, 1, V)
+            logits, _ = model(tokens[:, max(0, t - block_size) : t], last_only=True)  # (B, 1, V)
         nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B, 1)
         tokens[:, t : t + 1] = nxt
         yield nxt
@@ -227,6 +227,7 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len
     best live one if none finished), EOS included, PAD after it. The K live hypotheses of all
     sources are rows of one (B * K) batch; after each step the cache follows the surviving rows.
     src_pos, tgt_pos: positions as for greedy_decode (a source's K hypotheses share them).
+    The search's state and its steps are in _Beams.
     """
     if beam < 1:
         raise ValueError(f"beam {beam} is not allowed; it must be >= 1")
@@ -235,60 +236,122 @@ def beam_search(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_len
     if max_len < 1:
         return src.new_full((B, 0), pad)
     model.eval()
-    device = src.device
     memory = model.encode(src, src_mask, src_pos).repeat_interleave(K, dim=0)  # (B*K, S, C)
     if tgt_pos is not None:
         tgt_pos = tgt_pos.repeat_interleave(K, dim=0)  # (B*K, L, ...): a source's hypotheses share positions
     mask = src_mask.repeat_interleave(K, dim=0) if src_mask is not None else None  # (B*K, S)
-    ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)  # live hypotheses, BOS first
-    scores = torch.full((B, K), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all K start as the same empty hypothesis: expand only the first
-    best = torch.full((B,), float("-inf"), device=device)  # best finished normalised score per source
-    best_out = torch.full((B, max_len), pad, dtype=torch.long, device=device)  # and its tokens
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    first = torch.arange(B, device=device)[:, None] * K  # (B, 1) row of each source's first hypothesis
+    beams = _Beams.start(B, K, max_len, alpha, bos, eos, pad, src.device)
     cache = model.new_cache() if use_cache else None
     for t in range(1, max_len + 1):
-        logp = torch.log_softmax(_decoder_step(model, ys, memory, mask, cache, tgt_pos), dim=-1)  # (B*K, V)
-        V = logp.size(-1)
-        candidates = (scores.view(B * K, 1) + logp).view(B, K * V)
-        # at most K extensions end in EOS (one per live hypothesis): the 2K best hold K without EOS
-        top, flat = candidates.topk(min(2 * K, K * V), dim=-1)  # (B, 2K), best first
-        token, parent = flat % V, flat // V  # (B, 2K)
-        is_eos = token == eos
-
-        # finished: EOS among the K best extensions, if it beats the source's best so far
-        ranked = torch.arange(top.size(1), device=device) < K  # (2K,)
-        fin = torch.where(is_eos & ranked, top / length_penalty(torch.tensor(t), alpha), float("-inf"))
-        fin_best, j = fin.max(dim=-1)  # (B,)
-        better = (fin_best > best) & ~done
-        if better.any():
-            rows = (first[:, 0] + parent[torch.arange(B, device=device), j])[better]
-            out = torch.full((int(better.sum()), max_len), pad, dtype=torch.long, device=device)
-            out[:, : t - 1] = ys[rows, 1:]
-            out[:, t - 1] = eos
-            best_out[better] = out
-            best = torch.where(better, fin_best, best)
-
-        # live: the K best extensions without EOS, in order (a stable sort moves the EOS ones last)
-        keep = torch.sort(is_eos.to(torch.uint8), dim=-1, stable=True).indices[:, :K]  # (B, K)
-        scores = top.gather(1, keep)  # (B, K)
-        tokens = token.gather(1, keep).masked_fill(scores == float("-inf"), pad)  # (B, K); PAD on dead slots
-        rows = (first + parent.gather(1, keep)).view(-1)  # (B*K,) the surviving hypotheses' rows
-        ys = torch.cat([ys[rows], tokens.view(-1, 1)], dim=1)  # (B*K, t + 1)
+        logp = torch.log_softmax(_decoder_step(model, beams.ys, memory, mask, cache, tgt_pos), dim=-1)  # (B*K, V)
+        rows = beams.step(logp, t)  # (B*K,) the row each new live hypothesis extends
         if cache is not None:
             for layer in cache:
                 layer.reorder(rows)
-
-        if t < max_len:
-            done |= best >= _future_bound(scores.max(dim=-1).values, t, max_len, alpha)
-        if done.all():
+        if beams.stop(t):
             break
-    # a source with no finished hypothesis returns its best live one
-    none = best == float("-inf")
-    if none.any():
-        live = ys.view(B, K, -1)[torch.arange(B, device=device), scores.argmax(-1), 1:]  # (B, t)
-        best_out[none, : live.size(1)] = live[none]
-    ends = best_out == eos  # (B, max_len)
-    lengths = torch.where(ends.any(-1), ends.int().argmax(-1) + 1, t)  # up to and including the first EOS
-    return best_out[:, : int(lengths.max())]
+    return beams.result()
+
+
+@dataclass
+class _Beams:
+    """The state of beam_search over B sources, K live hypotheses each, and its steps.
+
+    The live hypotheses of all sources are rows of one (B * K) batch, source b's in rows b*K to
+    b*K + K - 1. A finished hypothesis leaves the beam; only each source's best one is kept.
+    """
+
+    K: int  # live hypotheses per source
+    max_len: int  # the most tokens a hypothesis may have (EOS included)
+    alpha: float  # length penalty exponent (length_penalty)
+    eos: int
+    pad: int
+    ys: torch.Tensor  # (B*K, t + 1) live hypotheses after t steps, BOS first
+    scores: torch.Tensor  # (B, K) their log P; -inf in a slot holding no hypothesis
+    best: torch.Tensor  # (B,) best finished normalised score per source; -inf while none finished
+    best_out: torch.Tensor  # (B, max_len) that hypothesis' tokens, EOS included, PAD after it
+    done: torch.Tensor  # (B,) sources whose search has stopped
+    first: torch.Tensor  # (B, 1) row of each source's first hypothesis
+
+    @classmethod
+    def start(cls, B: int, K: int, max_len: int, alpha: float, bos: int, eos: int, pad: int, device) -> _Beams:
+        """Before the first step: each source's K hypotheses are the same empty one (BOS), so only the
+        first is expanded (the others score -inf) and the first step does not pick each extension K times."""
+        ys = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+        scores = torch.full((B, K), float("-inf"), device=device)
+        scores[:, 0] = 0.0
+        best = torch.full((B,), float("-inf"), device=device)
+        best_out = torch.full((B, max_len), pad, dtype=torch.long, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        first = torch.arange(B, device=device)[:, None] * K
+        return cls(K, max_len, alpha, eos, pad, ys, scores, best, best_out, done, first)
+
+    def step(self, logp: torch.Tensor, t: int) -> torch.Tensor:
+        """Step t: extend the live hypotheses by every token (logp: (B*K, V) log-probabilities of each
+        one's next token), keep an EOS one that beats its source's best finished one, and fill the live
+        slots with the best extensions without EOS. Returns (B*K,) the row each new live hypothesis
+        extends (the rows the cache must follow)."""
+        top, token, parent = self._best_extensions(logp)
+        is_eos = token == self.eos
+        self._keep_finished(top, is_eos, parent, t)
+        return self._keep_live(top, token, is_eos, parent)
+
+    def _best_extensions(self, logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per source, the 2K best extensions by log P, best first: (B, 2K) their scores, tokens and
+        parents (the slot, 0..K-1, of the hypothesis each extends). At most K of them end in EOS (one
+        per live hypothesis), so they hold K without EOS."""
+        B, K, V = self.scores.size(0), self.K, logp.size(-1)
+        # (B*K, 1) + (B*K, V) -> (B, K*V): a source's every extension in one row, index = slot * V + token
+        candidates = (self.scores.view(B * K, 1) + logp).view(B, K * V)
+        top, flat = candidates.topk(min(2 * K, K * V), dim=-1)  # (B, 2K), best first
+        return top, flat % V, flat // V
+
+    def _keep_finished(self, top: torch.Tensor, is_eos: torch.Tensor, parent: torch.Tensor, t: int) -> None:
+        """An EOS extension among a source's K best finishes a hypothesis of t tokens, scored
+        log P / lp(t); the best of them replaces the source's best finished one if it scores higher
+        (and the source has not stopped)."""
+        device = top.device
+        B = top.size(0)
+        ranked = torch.arange(top.size(1), device=device) < self.K  # (2K,)
+        fin = torch.where(is_eos & ranked, top / length_penalty(torch.tensor(t), self.alpha), float("-inf"))
+        fin_best, j = fin.max(dim=-1)  # (B,)
+        better = (fin_best > self.best) & ~self.done
+        if better.any():
+            rows = (self.first[:, 0] + parent[torch.arange(B, device=device), j])[better]
+            out = torch.full((int(better.sum()), self.max_len), self.pad, dtype=torch.long, device=device)
+            out[:, : t - 1] = self.ys[rows, 1:]
+            out[:, t - 1] = self.eos
+            self.best_out[better] = out
+            self.best = torch.where(better, fin_best, self.best)
+
+    def _keep_live(self, top: torch.Tensor, token: torch.Tensor, is_eos: torch.Tensor,
+                   parent: torch.Tensor) -> torch.Tensor:
+        """The new live hypotheses: the K best extensions without EOS, in order (a stable sort moves
+        the EOS ones last); a slot left with score -inf gets PAD. Returns (B*K,) the row each extends."""
+        keep = torch.sort(is_eos.to(torch.uint8), dim=-1, stable=True).indices[:, : self.K]  # (B, K)
+        self.scores = top.gather(1, keep)  # (B, K)
+        tokens = token.gather(1, keep).masked_fill(self.scores == float("-inf"), self.pad)  # (B, K)
+        rows = (self.first + parent.gather(1, keep)).view(-1)  # (B, K) -> (B*K,) the surviving hypotheses' rows
+        self.ys = torch.cat([self.ys[rows], tokens.view(-1, 1)], dim=1)  # (B*K, t + 1)
+        return rows
+
+    def stop(self, t: int) -> bool:
+        """After step t: mark the sources where no live hypothesis can beat the best finished one
+        (_future_bound; at max_len every source stops anyway). True once every source has stopped."""
+        if t < self.max_len:
+            self.done |= self.best >= _future_bound(self.scores.max(dim=-1).values, t, self.max_len, self.alpha)
+        return bool(self.done.all())
+
+    def result(self) -> torch.Tensor:
+        """(B, L) per source the best finished hypothesis (its best live one if none finished), EOS
+        included, PAD after it; L is the longest of them, or the steps taken if one has no EOS."""
+        steps = self.ys.size(1) - 1  # tokens decoded (BOS excluded)
+        B = self.best.size(0)
+        none = self.best == float("-inf")
+        if none.any():
+            # (B*K, steps + 1) -> (B, K, steps + 1) -> (B, steps): each source's best live one, BOS dropped
+            live = self.ys.view(B, self.K, -1)[torch.arange(B, device=self.ys.device), self.scores.argmax(-1), 1:]
+            self.best_out[none, : live.size(1)] = live[none]
+        ends = self.best_out == self.eos  # (B, max_len)
+        lengths = torch.where(ends.any(-1), ends.int().argmax(-1) + 1, steps)  # up to and including the first EOS
+        return self.best_out[:, : int(lengths.max())]

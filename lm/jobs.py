@@ -1,11 +1,13 @@
 """What is being learned: a job supplies the model, the batches, the loss and the evaluation.
 
-The training loop (``lm.trainer.train``) is the same for every job:
+The training loop (``lm.trainer.train``) is the same for every job: it knows a job only through the
+``Job`` protocol below (its vocabulary, its length in epochs, its batches, its loss, its evaluations).
 
     LanguageModelJob   task: lm       GPT on a text corpus, random block_size windows
     Seq2SeqJob         task: copy...  EncoderDecoder on generated (source, target) pairs
 
-Each batch is a pure function of (seed, index), so a resumed run replays the same data.
+``make_job`` builds the one a config asks for. Each batch is a pure function of (seed, index), so a
+resumed run replays the same data.
 """
 
 from __future__ import annotations
@@ -13,31 +15,65 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError
 from .data.corpus import PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
+from .data.layout import positions
+from .data.padding import pad_sequences
+from .data.tasks import BOS, EOS, PAD, Task, make_task, task_from_state
+from .data.tokenizer import make_tokenizer, tokenizer_from_state
 from .data.windows import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
 from .generate import greedy_decode
-from .data.layout import positions
-from .nn import GPT, EncoderDecoder
-from .nn.models import token_loss
-from .data.padding import pad_sequences
-from .data.tasks import BOS, EOS, PAD, Task, make_task, task_from_state
-from .data.tokenizer import make_tokenizer, tokenizer_from_state
+from .nn.loss import token_loss
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
 TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM = range(5)
 
 
-def make_model(cfg: Config) -> nn.Module:
-    """The model a config describes: GPT for task lm, EncoderDecoder for the seq2seq tasks."""
-    return GPT(cfg.model) if cfg.data.task == "lm" else EncoderDecoder(cfg.model)
+class Vocabulary(Protocol):
+    """A job's vocabulary as the trainer sees it: a tokenizer (lm) or a Task (seq2seq)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of token ids: the model's vocab_size."""
+
+    def state(self) -> dict:
+        """Everything needed to rebuild it (saved in every checkpoint; vocab_from_state reads it back)."""
+
+
+class Job(Protocol):
+    """What every job provides the training loop (lm.trainer), which is written against this alone.
+
+    A job is built by make_job(cfg, saved, out_dir, emit, should_stop): it prepares its data (reporting
+    events through emit, stopping with PreparationStopped when should_stop() during a long preparation),
+    checks the config against the data, and, resumed (saved: the checkpoint), keeps the checkpoint's
+    vocabulary. model is the module to run: the plain model, or the one wrapped for training
+    (DistributedDataParallel, torch.compile)."""
+
+    vocab: Vocabulary  # the model's vocab_size comes from it; every checkpoint saves its state
+
+    def steps_per_epoch(self) -> float | None:
+        """Optimizer steps in one pass over the training data (epochs count in them); None for generated data."""
+
+    def batches(self, start: int, stride: int = 1) -> Iterator:
+        """Training batches start, start + stride, ... (stride: the number of data-parallel processes),
+        each a pure function of (seed, index), so a resumed run replays the same data."""
+
+    def loss(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, int]:
+        """The training loss of one batch (a scalar tensor to backpropagate), and the tokens it holds."""
+
+    def evaluate(self, model: nn.Module, device: torch.device, dtype: torch.dtype, world: World = World()) -> dict:
+        """The evaluation every eval_interval steps: val_loss (best.pt follows it) and the job's own metrics,
+        the same in every process (world: the processes, which may share out the work)."""
+
+    def final(self, model: nn.Module, device: torch.device, dtype: torch.dtype, world: World = World()) -> dict:
+        """The evaluation at the end of the run, its metrics named final_..., the same in every process."""
 
 
 def vocab_from_state(state: dict):
@@ -116,7 +152,7 @@ class LanguageModelJob:
     def loss(self, model, batch, device) -> tuple[torch.Tensor, int]:
         """Training loss of one batch, and the number of tokens it holds."""
         x, y = (t.to(device, non_blocking=True) for t in batch)
-        logits, _, _ = model(x)
+        logits, _ = model(x)
         return token_loss(logits, y, label_smoothing=self.cfg.train.label_smoothing), y.numel()
 
     @torch.no_grad()
@@ -131,7 +167,8 @@ class LanguageModelJob:
             for i in range(world.rank, c.train.eval_iters, world.size):
                 x, y = window_batch(ids, c.train.batch_size, c.model.block_size, c.train.seed, i, stream)
                 with autocast(device, dtype):
-                    _, loss, _ = model(x.to(device), y.to(device))
+                    logits, _ = model(x.to(device))
+                    loss = token_loss(logits, y.to(device))
                 total += loss.item()
             totals.append(total)
         model.train()
@@ -150,7 +187,7 @@ class LanguageModelJob:
             if b % world.size != world.rank:
                 continue
             with autocast(device, dtype):
-                logits, _, _ = model(x.to(device))
+                logits, _ = model(x.to(device))
             total += token_loss(logits, y.to(device)).item() * y.numel()
             count += y.numel()
         model.train()
@@ -225,9 +262,9 @@ class Seq2SeqJob:
         tokens = int(batch[1].sum() + (batch[3] != PAD).sum())  # counted on the host batch: no device sync
         src, src_mask, tgt_in, tgt_out, src_pos, tgt_pos = (_to(t, device) for t in batch)
         # label smoothing never puts probability on PAD or BOS: neither is ever a right output
-        _, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD,
-                           label_smoothing=self.cfg.train.label_smoothing, no_smooth_ids=(PAD, BOS),
-                           src_pos=src_pos, tgt_pos=tgt_pos)
+        logits, _ = model(src, tgt_in, src_mask, src_pos=src_pos, tgt_pos=tgt_pos)
+        loss = token_loss(logits, tgt_out, ignore_index=PAD, label_smoothing=self.cfg.train.label_smoothing,
+                          no_smooth_ids=(PAD, BOS))
         return loss, tokens
 
     @torch.no_grad()
@@ -244,8 +281,9 @@ class Seq2SeqJob:
             src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(part))
             src_pos, tgt_pos = (_to(t, device) for t in self.positions(part))  # evenly spread: evaluation
             with autocast(device, dtype):
-                _, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, src_pos=src_pos,
-                                   tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
+                logits, _ = model(src, tgt_in, src_mask, src_pos=src_pos,
+                                  tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
+                loss = token_loss(logits, tgt_out, ignore_index=PAD)
                 out = greedy_decode(model, src, src_mask, tgt_out.size(1), BOS, EOS, PAD, src_pos=src_pos,
                                     tgt_pos=tgt_pos)
             n_real = int((tgt_out != PAD).sum())
@@ -276,7 +314,7 @@ class Seq2SeqJob:
 
 
 def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
-             should_stop: Callable[[], bool] = lambda: False):
+             should_stop: Callable[[], bool] = lambda: False) -> Job:
     """The job for cfg.data.task. should_stop() is asked while a corpus is prepared (PreparationStopped)."""
     job = LanguageModelJob if cfg.data.task == "lm" else Seq2SeqJob
     return job(cfg, saved, out_dir, emit, should_stop)

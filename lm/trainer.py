@@ -6,6 +6,13 @@ epochs, or by the clock for max_time seconds) with a warm-up + cosine (or Noam, 
 rate, gradient accumulation and clipping, evaluates, writes
 ``metrics.jsonl``, ``loss.png`` and checkpoints, and ends with a final evaluation. It prints nothing:
 progress goes to the ``on_event`` callback that the calling script owns.
+
+The file reads from the top down: ``train``; ``Trainer``, which holds what every phase needs (the
+processes, the event callback, the stop request) and runs the phases in order (restore, the steps
+with their evaluations and checkpoints, finish); the data preparation; ``Run``, the state that a
+checkpoint saves; ``train_step``, one optimizer step; then the small parts: the clock, the learning
+rate schedule and the run's length, the metrics file, out-of-memory errors. Which checkpoint to resume
+and what may change since it was written is ``lm.checkpoint``'s.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import rundir
-from .checkpoint import ResumePoint
+from .checkpoint import ResumePoint, check_resume_config, check_resume_vocab
 from .config import Config, ConfigError
 from .data.corpus import PreparationStopped
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
-from .jobs import make_job, make_model
+from .jobs import Job, make_job
+from .nn import make_model
 from .optim import make_optimizer
 from .rundir import OutputError, RunLock, write_failure
 
@@ -48,253 +56,315 @@ class Interrupted(Exception):
         self.step = step
 
 
-def _is_oom(e: BaseException) -> bool:
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(e).lower()
-    return "out of memory" in text or "can't allocate memory" in text
+def train(cfg: Config, *, resume: ResumePoint | None = None, overwrite: bool = False,
+          on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train as configured (see the module docstring); returns a summary dict.
 
+    resume: the checkpoint to continue, already read (lm.checkpoint.resume_point reads the one a
+    script's --resume or --resume=PATH asks for). One of out_dir's own checkpoints continues the run
+    there; one from elsewhere is continued into out_dir as a new run. overwrite: a fresh run replaces
+    the run in out_dir (otherwise refused); resuming a checkpoint from elsewhere, the continuation
+    replaces another run in out_dir. should_stop: polled after every step and between phases; when it
+    returns True, last.pt covers the latest completed step and Interrupted is raised.
 
-@contextlib.contextmanager
-def explain_out_of_memory(cfg: Config, where: str):
-    """Turn an allocation failure into a TrainingError that says what to change."""
+    Started by torchrun (WORLD_SIZE > 1), every process runs this function: they train data-parallel
+    (lm.distributed), and only the main one (rank 0) reports on_event and writes out_dir.
+    """
+    if resume is not None and not isinstance(resume, ResumePoint):
+        raise TypeError(f"resume: a ResumePoint (see lm.checkpoint.resume_point) or None, not {resume!r}")
+    world = _join_world(cfg)
     try:
-        yield
-    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
-        if not _is_oom(e):
-            raise
-        t = cfg.train
-        half = max(1, t.batch_size // 2)
-        detail = (str(e).splitlines() or [type(e).__name__])[0][:160]
-        raise TrainingError(
-            f"out of memory {where} (batch_size {t.batch_size}, block_size {cfg.model.block_size}, "
-            f"embedding_dim {cfg.model.embedding_dim}): use a smaller batch_size, e.g. --batch_size={half} "
-            f"--grad_accum={t.grad_accum * t.batch_size // half} for the same effective batch, or a smaller "
-            f"model or block_size. Checkpoints already written are untouched. ({detail})"
-        ) from None
+        summary = Trainer(cfg, world, on_event, should_stop).train(resume, overwrite)
+    except Interrupted:
+        world.close()  # every process stopped at the same point
+        raise
+    except BaseException:
+        world.close(together=False)
+        raise
+    world.close()
+    return summary
 
 
-# ----------------------------------------------------------------------------- optimizer and schedule
-
-def lr_at(step: int, cfg: Config, total_steps: int | None, elapsed: float = 0.0) -> float:
-    """Learning rate for a step (0-based), by lr_schedule. (Muon's muon_lr follows the same curve,
-    scaled: see lm.optim.Optimizers.set_lr_scale.) elapsed: the seconds of training before the step,
-    used by a run by the clock (max_time) only.
-
-    cosine: linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at step D
-    (D = lr_decay_iters, or the run's total_steps when that is null):
-        lr(s) = lr * (s + 1) / warmup                                   for s < warmup
-        lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2   after, progress = (s - warmup) / (D - warmup)
-    noam ("Attention Is All You Need", 5.3, scaled to peak at lr):
-        lr(s) = lr * min((s + 1) / warmup, sqrt(warmup / (s + 1)))
-    wsd (warm-up, stable, decay): the same warm-up, then lr until the last decay_fraction of the D steps,
-    then a linear decay to min_lr at step D:
-        lr(s) = min_lr + (lr - min_lr) * min(1, (D - s) / (decay_fraction * D))
-    by the clock (max_time = T seconds): the warm-up stays in steps; after it, cosine and wsd follow the
-    fraction of the time budget used, f = min(1, elapsed / T) (elapsed before step s), reaching min_lr at T:
-        cosine: lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * f)) / 2
-        wsd:    lr(s) = min_lr + (lr - min_lr) * min(1, (1 - f) / decay_fraction)
-    (noam has no end: it is the same by steps or by the clock.)
-    """
-    t = cfg.train
-    if t.lr_schedule == "noam":
-        s = step + 1
-        return t.lr * min(s / t.warmup_iters, math.sqrt(t.warmup_iters / s))
-    if step < t.warmup_iters:
-        return t.lr * (step + 1) / t.warmup_iters
-    if t.max_time is not None:  # by the clock: the fraction of the time budget used
-        used = min(1.0, elapsed / t.max_time)
-        if t.lr_schedule == "wsd":
-            return t.min_lr + (t.lr - t.min_lr) * min(1.0, (1.0 - used) / t.decay_fraction)
-        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * used))
-    decay_end = t.lr_decay_iters if t.lr_decay_iters is not None else total_steps
-    if t.lr_schedule == "wsd":
-        left = max(0.0, (decay_end - step) / max(1.0, t.decay_fraction * decay_end))
-        return t.min_lr + (t.lr - t.min_lr) * min(1.0, left)
-    span = max(1, decay_end - t.warmup_iters)
-    progress = min(1.0, (step - t.warmup_iters) / span)
-    return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+def _join_world(cfg: Config) -> World:
+    """The processes of this run (lm.distributed), once grad_accum is known to be shared out evenly."""
+    n, accum = World.size_in_environment(), cfg.train.grad_accum
+    if accum % n:
+        raise ConfigError(f"grad_accum: {accum} micro-batches per step cannot be shared by {n} processes; it "
+                          f"counts the micro-batches of a step across all processes (batch_size is per process), "
+                          f"so it must be a multiple of {n}, e.g. --grad_accum={n * math.ceil(accum / n)}")
+    return World.from_environment(resolve_device(cfg.train.device).type)
 
 
-def total_steps(cfg: Config, steps_per_epoch: float | None) -> int | None:
-    """Optimizer steps in the run: max_iters, epochs, or whichever comes first; one epoch by default.
-    None for a run by the clock alone (max_time, no max_iters or epochs): no step limit. steps_per_epoch
-    is None for generated data, where only max_iters applies."""
-    t = cfg.train
-    by_length = t.max_iters is not None or t.max_time is not None
-    epochs = t.epochs if t.epochs is not None else (None if by_length else 1.0)
-    by_epochs = max(1, math.ceil(epochs * steps_per_epoch)) if epochs is not None else None
-    limits = [n for n in (by_epochs, t.max_iters) if n is not None]
-    return min(limits) if limits else None
+def _ignore(event: dict) -> None:
+    """The event callback where no one listens: no on_event, or any process but the main one."""
 
 
-def run_ended(step: int, elapsed: float, cfg: Config, n_steps: int | None) -> bool:
-    """The run's length is reached after `step` steps and `elapsed` seconds of training: n_steps
-    (None: no step limit), or max_time seconds, whichever comes first."""
-    max_time = cfg.train.max_time
-    return (n_steps is not None and step >= n_steps) or (max_time is not None and elapsed >= max_time)
+def _never() -> bool:
+    """The stop request of a caller that never asks to stop."""
+    return False
 
 
-# ----------------------------------------------------------------------------- metrics file
+# ----------------------------------------------------------------------------- the phases of a run
 
-def _is_final(record: dict) -> bool:
-    """The record written at the end of a run (final evaluation), as opposed to a step's line."""
-    return record.get("final") is True or any(k.startswith("final_") for k in record)
+class Trainer:
+    """One process's part of a training run: what every phase needs (the config, the processes, out_dir,
+    the event callback and the stop request), and the phases, in the order they run. From the restore
+    phase on it also holds the run's state (run) and, from the steps on, its metrics file (metrics).
 
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line.
-
-    A fresh run starts it empty. On resume it is rewritten, atomically and only when the resumed run
-    writes its first line, to the lines of the steps up to the checkpoint's, without the final record
-    of an earlier end of the run (and without a line cut short by a crash): a resumed run's file
-    equals an uninterrupted run's but for timings, and a resume that fails early changes nothing.
+    Only the main process reports events: the others get a callback that ignores them. A stop is asked
+    through stop_asked, a collective that every process calls at the same points, so that a stop asked
+    of any process (SIGTERM, Ctrl-C) stops them all at the same point.
     """
 
-    def __init__(self, path: Path, resume_step: int | None, writes: bool = True):
-        self.path = path
-        self.writes = writes  # False in every process of a data-parallel run but the main one
-        self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
-        self.records: list[dict] = []  # the file's records (kept and written), as loss.png draws them
-        if writes and resume_step is not None and path.exists():
-            try:
-                pairs = rundir.read_metrics(path)
-            except OSError as e:
-                raise OutputError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-            pairs = [(line, r) for line, r in pairs if r.get("step", 0) <= resume_step and not _is_final(r)]
-            self.kept, self.records = [line for line, _ in pairs], [r for _, r in pairs]
+    run: Run
+    metrics: MetricsLog
 
-    def write(self, record: dict) -> None:
-        if not self.writes:
-            return
-        line = json.dumps(record) + "\n"
+    def __init__(self, cfg: Config, world: World, on_event: Event | None = None,
+                 should_stop: Callable[[], bool] | None = None):
+        self.cfg, self.world, self.out_dir = cfg, world, Path(cfg.train.out_dir)
+        self.emit: Event = on_event if on_event is not None and world.is_main else _ignore
+        self.should_stop = should_stop if should_stop is not None else _never
+
+    def train(self, point: ResumePoint | None, overwrite: bool) -> dict:
+        """The whole run: restore (the checkpoint's model is checked against the config before anything
+        is touched), the steps, then finish. A resumed run already at its end (e.g. stopped after its
+        last step) goes from restore straight to finish."""
+        if point:
+            check_resume_config(point.ckpt["config"], self.cfg)
+        with RunLock(self.out_dir) if self.world.is_main else contextlib.nullcontext():
+            self.run = self.restore(point, overwrite)
+            # the run's length: n_steps (None: no step limit) and, by the clock, max_time seconds of training
+            n_steps = total_steps(self.cfg, self.run.job.steps_per_epoch())
+            self.announce(n_steps)
+            self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.run.step if point else None,
+                                      writes=self.world.is_main)
+            self.steps(n_steps)
+            return self.finish(n_steps)
+
+    def stop_asked(self) -> bool:
+        """should_stop() on any process (a collective: every process asks at the same points)."""
+        return self.world.any(self.should_stop())
+
+    # --- restore
+
+    def restore(self, point: ResumePoint | None, overwrite: bool) -> Run:
+        """out_dir claimed for this run (main process), the data prepared (the corpus encoded once into a
+        cache in out_dir by the main process before the others read it, or the task's generator), the
+        model and optimizer built and, resuming, given the checkpoint's state. Only then, everything that
+        could refuse the run having passed, does out_dir become its home (--overwrite: only now are the
+        previous run's files removed)."""
+        info, clear = {"run_id": ""}, False
+        if self.world.is_main:
+            point, info, clear = self.claim(point, overwrite)
+        job = _prepare_data(self.cfg, point, self.out_dir, self.emit, self.world, self.should_stop)
+        if job is None or self.stop_asked():
+            raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
+                              "training; nothing of the run was changed")
+        run = Run(self.cfg, job, info["run_id"], self.out_dir, self.world)
+        if point:
+            with explain_out_of_memory(self.cfg, "while restoring the checkpoint (the optimizer's state)"):
+                run.restore(point)
+        if self.world.is_main:
+            rundir.start(self.out_dir, info, clear)
+        return run
+
+    def claim(self, point: ResumePoint | None, overwrite: bool) -> tuple[ResumePoint | None, dict, bool]:
+        """Under the run lock: the checkpoint to continue (re-read if another process wrote a newer one
+        meanwhile), and out_dir claimed for this run (rundir.claim: refuses to mix runs). Returns (point,
+        run info, whether the previous run's files are to be removed)."""
+        if point and point.source and not point.is_current():
+            point = ckpt_io.load_latest(point.source)
+        changes = check_resume_config(point.ckpt["config"], self.cfg) if point else []
+        info, clear = rundir.claim(self.out_dir, point.path if point else None, point.ckpt if point else None,
+                                   overwrite)
         try:
-            if self.kept is not None:
-                write_text_atomic(self.path, "".join(k + "\n" for k in self.kept) + line)
-                self.kept = None
-            else:
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line)
+            remove_stale_temporaries(self.out_dir)
         except OSError as e:
-            raise write_failure(self.path, e, "the checkpoints are intact; --resume continues from the last one") \
-                from None
-        self.records.append(record)
+            raise write_failure(self.out_dir, e) from None
+        if point:
+            self.emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
+                       "skipped": point.problems})
+        return point, info, clear
 
-    def plot(self, title: str) -> str | None:
-        """Redraw loss.png beside metrics.jsonl from every record so far (lm.inspect.plots.plot_run). The picture
-        is only a view of metrics.jsonl: when it cannot be drawn or written, the run goes on and the
-        reason is returned (None when it was drawn)."""
-        if not self.writes:
-            return None
-        path = self.path.with_name("loss.png")
-        try:
-            from .inspect import plots  # matplotlib loads only when a run first evaluates (a faster start)
+    def announce(self, n_steps: int | None) -> None:
+        """The "start" event (the model, where it runs, the run's length), and any warning so far."""
+        run, t = self.run, self.cfg.train
+        self.emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
+                   "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
+                   "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None,
+                   "world_size": self.world.size, "total_steps": n_steps, "start_step": run.step,
+                   "max_time": t.max_time, "start_elapsed": run.elapsed, "run_id": run.run_id,
+                   "config": self.cfg.to_dict()})
+        self.warn()
 
-            plots.plot_run(self.records, path, title)
-        except Exception as e:  # noqa: BLE001 - any failure to draw leaves the run and its files as they are
-            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
-            return f"{path} was not updated ({type(e).__name__}: {detail}); metrics.jsonl has every number"
-        return None
+    # --- the steps, each logged, evaluated and saved on schedule
+
+    def steps(self, n_steps: int | None) -> None:
+        """Optimizer steps to the run's end, with a metrics line every log_interval and an evaluation and
+        checkpoint every eval_interval. This process takes micro-batches rank, rank + N, ... of the run's
+        sequence (lm.distributed). A stop on request checkpoints the step boundary and raises Interrupted."""
+        run, t = self.run, self.cfg.train
+        batches = run.job.batches(start=run.step * t.grad_accum + self.world.rank, stride=self.world.size)
+        run.model.train()
+        while not run_ended(run.step, run.elapsed, self.cfg, n_steps):
+            lr = lr_at(run.step, self.cfg, n_steps, run.elapsed)  # by the clock: after the time used before it
+            self.step(batches, lr)
+            at_eval = run.step % t.eval_interval == 0
+            if at_eval or run.step % t.log_interval == 0:
+                self.log(lr, evaluate=at_eval)
+            if self.stop_asked() and not run_ended(run.step, run.elapsed, self.cfg, n_steps):
+                if not at_eval:  # an evaluated step is saved already
+                    run.save("last.pt")
+                raise Interrupted(run.step, f"stopped at step {run.step}; {self.out_dir / 'last.pt'} holds it "
+                                            f"(continue with --resume)")
+
+    def step(self, batches, lr: float) -> None:
+        """One optimizer step (train_step), counted in run.step, run.elapsed and the metrics window, and
+        reported. By the clock (max_time) with several processes, the step's duration is their mean, so
+        every process sees the same elapsed time and stops at the same step with the same learning rates."""
+        run = self.run
+        t0 = clock()
+        loss, tokens = train_step(run, batches, lr)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = clock() - t0
+        if self.cfg.train.max_time is not None and self.world.size > 1:
+            dt = self.world.sum([dt])[0] / self.world.size
+        run.step, run.elapsed = run.step + 1, run.elapsed + dt
+        run.window.add(loss, tokens, dt)
+        self.warn()
+        self.emit({"event": "step", "step": run.step, "loss": loss, "lr": lr, "elapsed_s": run.elapsed})
+
+    def log(self, lr: float, evaluate: bool) -> None:
+        """A metrics line for the steps since the last one; with evaluate, the evaluation (its batches
+        shared out among the processes), saved, and loss.png redrawn. Evaluation time is not counted in
+        elapsed_s."""
+        run = self.run
+        train_loss, tokens_per_sec = run.window.flush()
+        record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
+                  "elapsed_s": run.elapsed, "world_size": self.world.size}
+        if evaluate:
+            record.update(run.evaluate())
+        self.metrics.write(record)
+        if evaluate:
+            self.save(record)
+            self.plot()
+        self.emit({"event": "log", **record})
+
+    def save(self, evaluated: dict) -> None:
+        """Checkpoint an evaluated step (last.pt, and best.pt when its val_loss is the lowest yet) and
+        report the evaluation."""
+        self.emit({"event": "eval", **evaluated, "best": self.run.save_evaluated(evaluated["val_loss"])})
+
+    # --- finish
+
+    def finish(self, n_steps: int | None) -> dict:
+        """Evaluate and checkpoint the last step (unless its evaluation was on schedule), then run the final
+        evaluation: the whole validation split (lm) or the held-out sets (tasks). One record in
+        metrics.jsonl, marked "final" (a resume past this point drops it). Returns the run's summary."""
+        run = self.run
+        record = {"step": run.step, "final": True, "world_size": self.world.size}
+        if run.step % self.cfg.train.eval_interval != 0:
+            if run.window.steps:  # the steps since the last metrics line (the window stays in the checkpoint)
+                record["train_loss"] = run.window.loss / run.window.steps
+            record.update(run.evaluate())
+            self.save(record)
+        self.stop_if_asked("before")
+        with explain_out_of_memory(self.cfg, "in the final evaluation"):
+            final = run.job.final(run.model, run.device, run.dtype, self.world)
+        self.stop_if_asked("during")
+        record.update(final)
+        record["elapsed_s"] = run.elapsed
+        self.metrics.write(record)
+        self.plot()
+        self.emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(self.out_dir)})
+        steps = run.step if self.cfg.train.max_time is not None else n_steps  # by the clock: the steps it took
+        return {**record, "best_val_loss": run.best_val, "total_steps": steps}
+
+    def stop_if_asked(self, when: str) -> None:
+        """Raise Interrupted when a stop is asked `when` ("before", "during") the final evaluation."""
+        if self.stop_asked():
+            raise Interrupted(self.run.step, f"stopped {when} the final evaluation; {self.out_dir / 'last.pt'} "
+                                             f"holds step {self.run.step} (--resume runs the final evaluation)")
+
+    # --- reporting
+
+    def warn(self) -> None:
+        """Report the run's pending warnings (e.g. compile turned off), each once."""
+        for message in self.run.warnings:
+            self.emit({"event": "warning", "message": message})
+        self.run.warnings.clear()
+
+    def plot(self) -> None:
+        """Redraw loss.png; a failure is reported as a warning event, never stops the run."""
+        problem = self.metrics.plot(self.run.title())
+        if problem:
+            self.emit({"event": "warning", "message": problem})
 
 
-@dataclass
-class Window:
-    """Sums over the steps since the last metrics line; the line reports their mean loss and throughput.
-    Saved in every checkpoint, so a line that spans a resume averages the same steps as without one."""
+# ----------------------------------------------------------------------------- the data
 
-    loss: float = 0.0
-    steps: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
-        self.loss, self.steps = self.loss + loss, self.steps + 1
-        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
-
-    def flush(self) -> tuple[float, float]:
-        """(mean training loss, tokens per second) of the window, which then starts again empty."""
-        out = self.loss / self.steps, self.tokens / self.seconds
-        self.loss, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
-        return out
-
-
-# ----------------------------------------------------------------------------- resume helpers
-
-def _changed(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
-    out = []
-    for key in new:
-        if isinstance(new[key], dict):
-            out += _changed(old.get(key, {}), new[key], f"{prefix}{key}.")
-        elif old.get(key) != new[key]:
-            out.append((f"{prefix}{key}", old.get(key), new[key]))
-    return out
-
-
-# model settings that may change on resume: dropout is not part of the weights' shape, and the
-# vocabulary (vocab_size) is compared separately, against the data
-_RESUMABLE_MODEL_KEYS = ("model.dropout", "model.vocab_size")
-# settings whose state lives in the checkpoint in a form another value cannot read
-_FIXED_KEYS = ("train.optimizer", "data.tokenizer")
-# what a checkpoint written before a setting existed did, where that differs from today's default
-_BEFORE_THE_SETTING = {("train", "optimizer"): "adamw"}
 # seconds between the main process's heartbeats to the others while it prepares the data
 HEARTBEAT_S = 60.0
 
 
-def _complete(saved: dict) -> dict:
-    """A saved config with the settings added since it was written: the value the code then had (the
-    default, or _BEFORE_THE_SETTING)."""
-    full = {section: dict(values) for section, values in Config().to_dict().items()}
-    for (section, key), value in _BEFORE_THE_SETTING.items():
-        full[section][key] = value
-    for section, values in saved.items():
-        full.setdefault(section, {}).update(values)
-    return full
+def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: Event, world: World,
+                  should_stop: Callable[[], bool]) -> Job | None:
+    """The job, its data prepared by the main process first (the others then reuse its cache); None on
+    every process when a stop was asked during the main process's preparation.
+
+    The others wait in a loop of small collectives that the main process joins (a heartbeat) at the
+    first progress event of its preparation after HEARTBEAT_S seconds, so preparing a large corpus may
+    take longer than a collective's timeout (lm.distributed.TIMEOUT) while a dead main process is still
+    noticed. At the end it sends (1, outcome): 0 prepared, 1 stopped on request, 2 failed (its error is
+    its own to report; the others stop with a short one)."""
+    saved = point.ckpt if point else None
+    if not world.is_main:
+        while True:
+            done, outcome = world.sum([0.0, 0.0])
+            if done:
+                break
+        if outcome == 2:
+            raise TrainingError("the main process (rank 0) failed while preparing the data; its error is above")
+        return None if outcome == 1 else prepare_job(cfg, saved, out_dir, emit)
+    try:
+        job = prepare_job(cfg, saved, out_dir, emit, _Heartbeat(world, should_stop))
+    except PreparationStopped:  # a long preparation stops on request, at its next progress event
+        job = None
+    except BaseException:
+        if world.size > 1:
+            with contextlib.suppress(Exception):  # the group may be what failed
+                world.sum([1.0, 2.0])
+        raise
+    world.sum([1.0, 1.0 if job is None else 0.0])
+    return job
 
 
-def check_resume_config(saved: dict, cfg: Config) -> list[tuple[str, object, object]]:
-    """Refuse a model whose shape differs from the checkpoint's (or another optimizer); return the other
-    settings that changed. Settings added since the checkpoint was written count as what the code did
-    then (a checkpoint without optimizer was trained with AdamW)."""
-    changes = _changed(_complete(saved), cfg.to_dict())
-    shape = [(k, a, b) for k, a, b in changes
-             if (k.startswith("model.") and k not in _RESUMABLE_MODEL_KEYS) or k in _FIXED_KEYS]
-    if shape:
-        lines = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, a, b in shape)
-        raise ConfigError(f"cannot resume: the model differs from the checkpoint's ({lines})")
-    return [(k, a, b) for k, a, b in changes if k != "model.vocab_size"]
+class _Heartbeat:
+    """The main process's stop request while it prepares the data, asked at each progress event: it also
+    joins the others' wait (a heartbeat) when HEARTBEAT_S seconds have passed since the last one."""
 
+    def __init__(self, world: World, should_stop: Callable[[], bool]):
+        self.world, self.should_stop, self.last = world, should_stop, time.monotonic()
 
-def resume_point(resume: bool | str | Path | ResumePoint, out_dir: Path) -> ResumePoint | None:
-    """The checkpoint to continue: given (read by the caller), out_dir's newest (True), or a path's."""
-    if isinstance(resume, ResumePoint):
-        return resume
-    if resume is True:
-        return ckpt_io.load_latest(out_dir)
-    return ckpt_io.load_latest(resume) if resume else None
-
-
-def _describe_vocab(state: dict) -> str:
-    if state.get("kind") == "char":
-        return f"{len(state['chars'])} characters"
-    if state.get("kind") == "bpe":
-        return f"a byte-level BPE of {256 + len(state['merges'])} tokens"
-    if state.get("kind") == "tiktoken":
-        return f"tiktoken's {state['name']}"
-    return ", ".join(f"{k} {v}" for k, v in state.items() if k != "kind")
+    def __call__(self) -> bool:
+        if self.world.size > 1 and time.monotonic() - self.last > HEARTBEAT_S:
+            self.world.sum([0.0, 0.0])
+            self.last = time.monotonic()
+        return self.should_stop()
 
 
 def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event,
-                should_stop: Callable[[], bool] = lambda: False):
-    """The job (data or task) for cfg; sets cfg.model.vocab_size from it. A resumed run must keep its
-    vocabulary. Raises PreparationStopped when should_stop() while a corpus is prepared."""
+                should_stop: Callable[[], bool] = _never) -> Job:
+    """The job (data or task) for cfg; sets cfg.model.vocab_size from it. A resumed run (saved: its
+    checkpoint) must keep its vocabulary. Raises PreparationStopped when should_stop() while a corpus is
+    prepared."""
     try:
         job = make_job(cfg, saved, out_dir, emit, should_stop)
     except OSError as e:  # writing the token cache
         raise write_failure(out_dir / "data", e) from None
-    if saved and saved["tokenizer"] != job.vocab.state():
-        raise ConfigError(f"cannot resume: the vocabulary differs from the checkpoint's (checkpoint "
-                          f"{_describe_vocab(saved['tokenizer'])}, this run {_describe_vocab(job.vocab.state())})")
+    if saved:
+        check_resume_vocab(saved, job.vocab.state())
     learned_bpe = not saved and cfg.data.task == "lm" and cfg.data.tokenizer == "bpe"
     if learned_bpe and job.vocab.vocab_size != cfg.model.vocab_size:
         raise ConfigError(f"vocab_size: the training split has only enough distinct byte pairs for a BPE of "
@@ -309,31 +379,11 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event,
 
 # ----------------------------------------------------------------------------- the state of a run
 
-def compile_model(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str | None]:
-    """torch.compile(model) (compiled lazily, on its first call), or None and why where torch cannot
-    compile on this Python or platform."""
-    try:
-        import torch._dynamo
-
-        if not torch._dynamo.is_dynamo_supported():
-            return None, "torch.compile is not supported on this Python or platform"
-        return torch.compile(model), None
-    except Exception as e:  # noqa: BLE001 - any reason it cannot compile is reported, and the run goes on eagerly
-        return None, f"torch.compile is unavailable ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
-
-
-def is_compile_failure(e: BaseException) -> bool:
-    """An error raised by the compiler (TorchDynamo's tracing or a backend such as Inductor, e.g. no
-    working C++ compiler), as opposed to one from the computation itself, such as running out of memory."""
-    module = type(e).__module__ or ""
-    return module.startswith(("torch._dynamo", "torch._inductor")) and not _is_oom(e)
-
-
 class Run:
     """What a training run holds between steps, and what its checkpoints save and restore:
     model, optimizer, gradient scaler, step, best validation loss, training time, metrics window."""
 
-    def __init__(self, cfg: Config, job, run_id: str, out_dir: Path, world: World = World()):
+    def __init__(self, cfg: Config, job: Job, run_id: str, out_dir: Path, world: World = World()):
         t = cfg.train
         self.cfg, self.job, self.run_id, self.out_dir, self.world = cfg, job, run_id, out_dir, world
         self.device = resolve_device(t.device)
@@ -396,6 +446,20 @@ class Run:
         self.best_val = ckpt["best_val_loss"] if ckpt["best_val_loss"] is not None else float("inf")
         self.window = Window(**ckpt.get("window", {}))
 
+    def evaluate(self) -> dict:
+        """The job's evaluation of the model as it is now."""
+        with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
+            return self.job.evaluate(self.model, self.device, self.dtype, self.world)
+
+    def save_evaluated(self, val_loss: float) -> bool:
+        """Checkpoint an evaluated step: last.pt, and best.pt when the validation loss is the lowest yet."""
+        improved = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        self.save("last.pt")
+        if improved:
+            self.save("best.pt")
+        return improved
+
     def save(self, name: str) -> None:
         """Write out_dir/name atomically; the previous file stays whole if anything fails."""
         bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
@@ -426,18 +490,25 @@ class Run:
                 f"{m.embedding_dim}, pos_encoding {m.pos_encoding}, attention {m.attention}, "
                 f"norm_placement {m.norm_placement}")
 
-    def evaluate(self) -> dict:
-        with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
-            return self.job.evaluate(self.model, self.device, self.dtype, self.world)
 
-    def save_evaluated(self, val_loss: float) -> bool:
-        """Checkpoint an evaluated step: last.pt, and best.pt when the validation loss is the lowest yet."""
-        improved = val_loss < self.best_val
-        self.best_val = min(self.best_val, val_loss)
-        self.save("last.pt")
-        if improved:
-            self.save("best.pt")
-        return improved
+def compile_model(model: torch.nn.Module) -> tuple[torch.nn.Module | None, str | None]:
+    """torch.compile(model) (compiled lazily, on its first call), or None and why where torch cannot
+    compile on this Python or platform."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return None, "torch.compile is not supported on this Python or platform"
+        return torch.compile(model), None
+    except Exception as e:  # noqa: BLE001 - any reason it cannot compile is reported, and the run goes on eagerly
+        return None, f"torch.compile is unavailable ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})"
+
+
+def is_compile_failure(e: BaseException) -> bool:
+    """An error raised by the compiler (TorchDynamo's tracing or a backend such as Inductor, e.g. no
+    working C++ compiler), as opposed to one from the computation itself, such as running out of memory."""
+    module = type(e).__module__ or ""
+    return module.startswith(("torch._dynamo", "torch._inductor")) and not _is_oom(e)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -497,248 +568,179 @@ def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
     return step_loss, tokens
 
 
-# ----------------------------------------------------------------------------- the loop
-
-def train(cfg: Config, *, resume: bool | str | Path | ResumePoint = False, overwrite: bool = False,
-          on_event: Event | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
-    """Train as configured (see the module docstring); returns a summary dict.
-
-    resume: True continues the run in out_dir (its last.pt, or best.pt if last.pt is damaged); a path continues from
-    that checkpoint file or run directory, writing to out_dir; a ResumePoint is a checkpoint already
-    read. overwrite: a fresh run replaces the run in out_dir (otherwise refused); with a resume path,
-    the continuation replaces another run in out_dir. should_stop: polled after every step and between
-    phases; when it returns True, last.pt covers the latest completed step and Interrupted is raised.
-
-    Started by torchrun (WORLD_SIZE > 1), every process runs this function: they train data-parallel
-    (lm.distributed), and only the main one (rank 0) reports on_event and writes out_dir.
-    """
-    t = cfg.train
-    if resume is True and overwrite:
-        raise ConfigError("resume (continue the run in out_dir) and overwrite (replace it) contradict each other")
-    n = World.size_in_environment()
-    if t.grad_accum % n:
-        raise ConfigError(f"grad_accum: {t.grad_accum} micro-batches per step cannot be shared by {n} processes; it "
-                          f"counts the micro-batches of a step across all processes (batch_size is per process), "
-                          f"so it must be a multiple of {n}, e.g. --grad_accum={n * math.ceil(t.grad_accum / n)}")
-    world = World.from_environment(resolve_device(t.device).type)
-    try:
-        summary = _train(cfg, world, resume, overwrite, on_event or (lambda event: None),
-                         should_stop or (lambda: False))
-    except Interrupted:
-        world.close()  # every process stopped at the same point
-        raise
-    except BaseException:
-        world.close(together=False)
-        raise
-    world.close()
-    return summary
-
-
-def _train(cfg: Config, world: World, resume, overwrite: bool, on_event: Event,
-           should_stop: Callable[[], bool]) -> dict:
-    t = cfg.train
-    out_dir = Path(t.out_dir)
-    emit = on_event if world.is_main else (lambda event: None)  # the main process reports for all
-
-    def stop() -> bool:
-        """A stop asked of any process (SIGTERM, Ctrl-C) stops them all at the same point."""
-        return world.any(should_stop())
-
-    # --- restore (1/2): the checkpoint to continue, read once; its model must be this config's
-    point = resume_point(resume, out_dir)
-    if point:
-        check_resume_config(point.ckpt["config"], cfg)
-    with RunLock(out_dir) if world.is_main else contextlib.nullcontext():
-        # --- the run directory (main process only), then the data: the corpus (encoded once into a
-        # cache in out_dir, by the main process before the others read it) or the task's generator
-        info, clear = {"run_id": ""}, False
-        if world.is_main:
-            point, info, clear = _claim(out_dir, point, cfg, overwrite, emit)
-        job = _prepare_data(cfg, point, out_dir, emit, world, should_stop)
-        if job is None or stop():
-            raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
-                              "training; nothing of the run was changed")
-
-        # --- model and optimizer, and (restore 2/2) their state at the checkpoint
-        run = Run(cfg, job, info["run_id"], out_dir, world)
-        if point:
-            with explain_out_of_memory(cfg, "while restoring the checkpoint (the optimizer's state)"):
-                run.restore(point)
-        # everything that could refuse this run has passed: out_dir becomes its home (--overwrite: only now
-        # are the previous run's files removed)
-        if world.is_main:
-            rundir.start(out_dir, info, clear)
-        # the run's length: n_steps (None: no step limit) and, by the clock, max_time seconds of training
-        n_steps = total_steps(cfg, job.steps_per_epoch())
-        emit({"event": "start", "params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
-              "device": str(run.device), "dtype": str(run.dtype).replace("torch.", ""),
-              "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None, "world_size": world.size,
-              "total_steps": n_steps, "start_step": run.step, "max_time": t.max_time,
-              "start_elapsed": run.elapsed, "run_id": run.run_id, "config": cfg.to_dict()})
-        _warn(run, emit)
-        metrics = MetricsLog(out_dir / "metrics.jsonl", run.step if point else None, writes=world.is_main)
-
-        # --- steps, with a metrics line every log_interval and an evaluation every eval_interval; this
-        # process takes micro-batches rank, rank + N, ... of the run's sequence (lm.distributed)
-        batches = job.batches(start=run.step * t.grad_accum + world.rank, stride=world.size)
-        run.model.train()
-        while not run_ended(run.step, run.elapsed, cfg, n_steps):
-            # --- one optimizer step (by the clock, its lr follows the time used before it)
-            lr = lr_at(run.step, cfg, n_steps, run.elapsed)
-            loss = _timed_step(run, batches, lr)
-            _warn(run, emit)
-            emit({"event": "step", "step": run.step, "loss": loss, "lr": lr, "elapsed_s": run.elapsed})
-
-            # --- log, and evaluate and save every eval_interval steps
-            at_eval = run.step % t.eval_interval == 0
-            if at_eval or run.step % t.log_interval == 0:
-                _log_and_evaluate(run, metrics, lr, at_eval, emit)
-
-            # --- stop on request (SIGTERM, Ctrl-C): checkpoint this step boundary, then leave
-            if stop() and not run_ended(run.step, run.elapsed, cfg, n_steps):
-                if not at_eval:
-                    run.save("last.pt")
-                raise Interrupted(run.step, f"stopped at step {run.step}; {out_dir / 'last.pt'} holds it "
-                                            f"(continue with --resume)")
-
-        # --- end: checkpoint the last step (evaluated), then the final evaluation (a resumed run already at
-        # its end, e.g. stopped after its last step, comes here at once)
-        return _finish(run, metrics, n_steps, emit, stop)
-
+# ----------------------------------------------------------------------------- the clock, schedule and length
 
 def clock() -> float:
     """The time source of a step's duration (run.elapsed, and max_time's budget); tests replace it."""
     return time.perf_counter()
 
 
-def _timed_step(run: Run, batches, lr: float) -> float:
-    """train_step, counted in run.step, run.elapsed and the metrics window; returns the step's loss. By the
-    clock (max_time) with several processes, the step's duration is their mean, so every process sees the
-    same elapsed time and stops at the same step with the same learning rates."""
-    t0 = clock()
-    loss, tokens = train_step(run, batches, lr)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = clock() - t0
-    if run.cfg.train.max_time is not None and run.world.size > 1:
-        dt = run.world.sum([dt])[0] / run.world.size
-    run.step, run.elapsed = run.step + 1, run.elapsed + dt
-    run.window.add(loss, tokens, dt)
-    return loss
+def lr_at(step: int, cfg: Config, total_steps: int | None, elapsed: float = 0.0) -> float:
+    """Learning rate for a step (0-based), by lr_schedule. (Muon's muon_lr follows the same curve,
+    scaled: see lm.optim.Optimizers.set_lr_scale.) elapsed: the seconds of training before the step,
+    used by a run by the clock (max_time) only.
+
+    cosine: linear warm-up to lr over warmup_iters steps, then cosine decay to min_lr at step D
+    (D = lr_decay_iters, or the run's total_steps when that is null):
+        lr(s) = lr * (s + 1) / warmup                                   for s < warmup
+        lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * progress)) / 2   after, progress = (s - warmup) / (D - warmup)
+    noam ("Attention Is All You Need", 5.3, scaled to peak at lr):
+        lr(s) = lr * min((s + 1) / warmup, sqrt(warmup / (s + 1)))
+    wsd (warm-up, stable, decay): the same warm-up, then lr until the last decay_fraction of the D steps,
+    then a linear decay to min_lr at step D:
+        lr(s) = min_lr + (lr - min_lr) * min(1, (D - s) / (decay_fraction * D))
+    by the clock (max_time = T seconds): the warm-up stays in steps; after it, cosine and wsd follow the
+    fraction of the time budget used, f = min(1, elapsed / T) (elapsed before step s), reaching min_lr at T:
+        cosine: lr(s) = min_lr + (lr - min_lr) * (1 + cos(pi * f)) / 2
+        wsd:    lr(s) = min_lr + (lr - min_lr) * min(1, (1 - f) / decay_fraction)
+    (noam has no end: it is the same by steps or by the clock.)
+    """
+    t = cfg.train
+    if t.lr_schedule == "noam":
+        s = step + 1
+        return t.lr * min(s / t.warmup_iters, math.sqrt(t.warmup_iters / s))
+    if step < t.warmup_iters:
+        return t.lr * (step + 1) / t.warmup_iters
+    if t.max_time is not None:  # by the clock: the fraction of the time budget used
+        used = min(1.0, elapsed / t.max_time)
+        if t.lr_schedule == "wsd":
+            return t.min_lr + (t.lr - t.min_lr) * min(1.0, (1.0 - used) / t.decay_fraction)
+        return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * used))
+    decay_end = t.lr_decay_iters if t.lr_decay_iters is not None else total_steps
+    if t.lr_schedule == "wsd":
+        left = max(0.0, (decay_end - step) / max(1.0, t.decay_fraction * decay_end))
+        return t.min_lr + (t.lr - t.min_lr) * min(1.0, left)
+    span = max(1, decay_end - t.warmup_iters)
+    progress = min(1.0, (step - t.warmup_iters) / span)
+    return t.min_lr + (t.lr - t.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _log_and_evaluate(run: Run, metrics: MetricsLog, lr: float, evaluate: bool, emit: Event) -> None:
-    """A metrics line for the steps since the last one; with evaluate, the evaluation (its batches shared
-    out among the processes), last.pt, best.pt when it is the best yet, and loss.png redrawn. Evaluation
-    time is not counted in elapsed_s."""
-    train_loss, tokens_per_sec = run.window.flush()
-    record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-              "elapsed_s": run.elapsed, "world_size": run.world.size}
-    if evaluate:
-        record.update(run.evaluate())
-    metrics.write(record)
-    if evaluate:
-        emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
-        _plot(metrics, run, emit)
-    emit({"event": "log", **record})
+def total_steps(cfg: Config, steps_per_epoch: float | None) -> int | None:
+    """Optimizer steps in the run: max_iters, epochs, or whichever comes first; one epoch by default.
+    None for a run by the clock alone (max_time, no max_iters or epochs): no step limit. steps_per_epoch
+    is None for generated data, where only max_iters applies."""
+    t = cfg.train
+    by_length = t.max_iters is not None or t.max_time is not None
+    epochs = t.epochs if t.epochs is not None else (None if by_length else 1.0)
+    by_epochs = max(1, math.ceil(epochs * steps_per_epoch)) if epochs is not None else None
+    limits = [n for n in (by_epochs, t.max_iters) if n is not None]
+    return min(limits) if limits else None
 
 
-def _prepare_data(cfg: Config, point: ResumePoint | None, out_dir: Path, emit: Event, world: World,
-                  should_stop: Callable[[], bool]):
-    """The job, its data prepared by the main process first (the others then reuse its cache); None on
-    every process when a stop was asked during the main process's preparation.
+def run_ended(step: int, elapsed: float, cfg: Config, n_steps: int | None) -> bool:
+    """The run's length is reached after `step` steps and `elapsed` seconds of training: n_steps
+    (None: no step limit), or max_time seconds, whichever comes first."""
+    max_time = cfg.train.max_time
+    return (n_steps is not None and step >= n_steps) or (max_time is not None and elapsed >= max_time)
 
-    The others wait in a loop of small collectives that the main process joins (a heartbeat) at the
-    first progress event of its preparation after HEARTBEAT_S seconds, so preparing a large corpus may
-    take longer than a collective's timeout (lm.distributed.TIMEOUT) while a dead main process is still
-    noticed. At the end it sends (1, outcome): 0 prepared, 1 stopped on request, 2 failed (its error is
-    its own to report; the others stop with a short one)."""
-    saved = point.ckpt if point else None
-    if not world.is_main:
-        while True:
-            done, outcome = world.sum([0.0, 0.0])
-            if done:
-                break
-        if outcome == 2:
-            raise TrainingError("the main process (rank 0) failed while preparing the data; its error is above")
-        return None if outcome == 1 else prepare_job(cfg, saved, out_dir, emit)
-    last = time.monotonic()
 
-    def heartbeat_or_stop() -> bool:
-        nonlocal last
-        if world.size > 1 and time.monotonic() - last > HEARTBEAT_S:
-            world.sum([0.0, 0.0])
-            last = time.monotonic()
-        return should_stop()
+# ----------------------------------------------------------------------------- metrics file
 
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line.
+
+    A fresh run starts it empty. On resume it is rewritten, atomically and only when the resumed run
+    writes its first line, to the lines of the steps up to the checkpoint's, without the final record
+    of an earlier end of the run (and without a line cut short by a crash): a resumed run's file
+    equals an uninterrupted run's but for timings, and a resume that fails early changes nothing.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None, writes: bool = True):
+        self.path = path
+        self.writes = writes  # False in every process of a data-parallel run but the main one
+        self.kept: list[str] | None = []  # lines to keep, until the first write (then None)
+        self.records: list[dict] = []  # the file's records (kept and written), as loss.png draws them
+        if writes and resume_step is not None and path.exists():
+            try:
+                pairs = rundir.read_metrics(path)
+            except OSError as e:
+                raise OutputError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+            pairs = [(line, r) for line, r in pairs if r.get("step", 0) <= resume_step and not _is_final(r)]
+            self.kept, self.records = [line for line, _ in pairs], [r for _, r in pairs]
+
+    def write(self, record: dict) -> None:
+        if not self.writes:
+            return
+        line = json.dumps(record) + "\n"
+        try:
+            if self.kept is not None:
+                write_text_atomic(self.path, "".join(k + "\n" for k in self.kept) + line)
+                self.kept = None
+            else:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(line)
+        except OSError as e:
+            raise write_failure(self.path, e, "the checkpoints are intact; --resume continues from the last one") \
+                from None
+        self.records.append(record)
+
+    def plot(self, title: str) -> str | None:
+        """Redraw loss.png beside metrics.jsonl from every record so far (lm.inspect.plots.plot_run). The picture
+        is only a view of metrics.jsonl: when it cannot be drawn or written, the run goes on and the
+        reason is returned (None when it was drawn)."""
+        if not self.writes:
+            return None
+        path = self.path.with_name("loss.png")
+        try:
+            from .inspect import plots  # matplotlib loads only when a run first evaluates (a faster start)
+
+            plots.plot_run(self.records, path, title)
+        except Exception as e:  # noqa: BLE001 - any failure to draw leaves the run and its files as they are
+            detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+            return f"{path} was not updated ({type(e).__name__}: {detail}); metrics.jsonl has every number"
+        return None
+
+
+def _is_final(record: dict) -> bool:
+    """The record written at the end of a run (final evaluation), as opposed to a step's line."""
+    return record.get("final") is True or any(k.startswith("final_") for k in record)
+
+
+@dataclass
+class Window:
+    """Sums over the steps since the last metrics line; the line reports their mean loss and throughput.
+    Saved in every checkpoint, so a line that spans a resume averages the same steps as without one."""
+
+    loss: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, tokens: int, seconds: float) -> None:
+        self.loss, self.steps = self.loss + loss, self.steps + 1
+        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+
+    def flush(self) -> tuple[float, float]:
+        """(mean training loss, tokens per second) of the window, which then starts again empty."""
+        out = self.loss / self.steps, self.tokens / self.seconds
+        self.loss, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+        return out
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+@contextlib.contextmanager
+def explain_out_of_memory(cfg: Config, where: str):
+    """Turn an allocation failure into a TrainingError that says what to change."""
     try:
-        job = prepare_job(cfg, saved, out_dir, emit, heartbeat_or_stop)
-    except PreparationStopped:  # a long preparation stops on request, at its next progress event
-        job = None
-    except BaseException:
-        if world.size > 1:
-            with contextlib.suppress(Exception):  # the group may be what failed
-                world.sum([1.0, 2.0])
-        raise
-    world.sum([1.0, 1.0 if job is None else 0.0])
-    return job
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not _is_oom(e):
+            raise
+        t = cfg.train
+        half = max(1, t.batch_size // 2)
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:160]
+        raise TrainingError(
+            f"out of memory {where} (batch_size {t.batch_size}, block_size {cfg.model.block_size}, "
+            f"embedding_dim {cfg.model.embedding_dim}): use a smaller batch_size, e.g. --batch_size={half} "
+            f"--grad_accum={t.grad_accum * t.batch_size // half} for the same effective batch, or a smaller "
+            f"model or block_size. Checkpoints already written are untouched. ({detail})"
+        ) from None
 
 
-def _claim(out_dir: Path, point: ResumePoint | None, cfg: Config, overwrite: bool, emit: Event):
-    """Under the run lock: the checkpoint to continue (re-read if another process wrote a newer one
-    meanwhile), and out_dir claimed for this run (rundir.claim: refuses to mix runs). Returns (point,
-    run info, whether the previous run's files are to be removed)."""
-    if point and point.source and not point.is_current():
-        point = ckpt_io.load_latest(point.source)
-    changes = check_resume_config(point.ckpt["config"], cfg) if point else []
-    info, clear = rundir.claim(out_dir, point.path if point else None, point.ckpt if point else None, overwrite)
-    try:
-        remove_stale_temporaries(out_dir)
-    except OSError as e:
-        raise write_failure(out_dir, e) from None
-    if point:
-        emit({"event": "resume", "path": str(point.path), "step": point.ckpt["step"], "changed": changes,
-              "skipped": point.problems})
-    return point, info, clear
-
-
-def _warn(run: Run, emit: Event) -> None:
-    """Report the run's pending warnings (e.g. compile turned off), each once."""
-    for message in run.warnings:
-        emit({"event": "warning", "message": message})
-    run.warnings.clear()
-
-
-def _plot(metrics: MetricsLog, run: Run, emit: Event) -> None:
-    """Redraw loss.png; a failure is reported as a warning event, never stops the run."""
-    problem = metrics.plot(run.title())
-    if problem:
-        emit({"event": "warning", "message": problem})
-
-
-def _finish(run: Run, metrics: MetricsLog, n_steps: int | None, emit: Event, stop: Callable[[], bool]) -> dict:
-    """Evaluate and checkpoint the last step (unless its evaluation was on schedule), then run the final
-    evaluation: the whole validation split (lm) or the held-out sets (tasks). One record in metrics.jsonl,
-    marked "final" (a resume past this point drops it)."""
-    record = {"step": run.step, "final": True, "world_size": run.world.size}
-    if run.step % run.cfg.train.eval_interval != 0:
-        if run.window.steps:  # the steps since the last metrics line (the window stays in the checkpoint)
-            record["train_loss"] = run.window.loss / run.window.steps
-        record.update(run.evaluate())
-        emit({"event": "eval", **record, "best": run.save_evaluated(record["val_loss"])})
-    last = run.out_dir / "last.pt"
-    if stop():
-        raise Interrupted(run.step, f"stopped before the final evaluation; {last} holds step {run.step} "
-                                    f"(--resume runs the final evaluation)")
-    with explain_out_of_memory(run.cfg, "in the final evaluation"):
-        final = run.job.final(run.model, run.device, run.dtype, run.world)
-    if stop():
-        raise Interrupted(run.step, f"stopped during the final evaluation; {last} holds step {run.step} "
-                                    f"(--resume runs the final evaluation)")
-    record.update(final)
-    record["elapsed_s"] = run.elapsed
-    metrics.write(record)
-    _plot(metrics, run, emit)
-    emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(run.out_dir)})
-    steps = run.step if run.cfg.train.max_time is not None else n_steps  # by the clock: the steps it took
-    return {**record, "best_val_loss": run.best_val, "total_steps": steps}
+def _is_oom(e: BaseException) -> bool:
+    """An allocation failure (of the device's memory or the host's), whatever raised it."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text

@@ -29,14 +29,16 @@ NAMED_VALUES = {"pos_encoding": config.POS_ENCODINGS, "attention": config.ATTENT
 MUST_DOCUMENT = ("pos_encoding", "attention", "norm_placement", "lr_schedule", "norm", "activation", "optimizer")
 
 MUST_CITE = {
-    "lm/nn/attention.py": {"MultiHeadAttention", "build_mask", "KVCache.append"},
-    "lm/nn/differential.py": {"DifferentialAttention", "DifferentialAttention.lambda_full"},
+    "lm/nn/differential.py": {"DifferentialAttention", "DifferentialAttention.lambda_full",
+                              "DifferentialAttention._attend"},
     "lm/nn/position.py": {"Rotation", "RotaryPositional.rotation", "SinusoidalPositional", "LearnedPositional",
                           "RandomizedPositional", "Learned2DPositional", "Sinusoidal2DPositional",
                           "Rotary2DPositional"},
-    "lm/nn/block.py": {"PreNorm", "PostNorm", "FeedForward", "Block.forward"},
+    "lm/nn/attention.py": {"MultiHeadAttention", "MultiHeadAttention._attend", "build_mask", "KVCache.append"},
+    "lm/nn/block.py": {"Block", "FeedForward", "Block.forward", "make_norm"},
     "lm/nn/models.py": {"Embedder.forward", "Encoder.forward", "EncoderDecoder", "EncoderDecoder.decode", "GPT",
-                        "token_loss", "init_weights", "GPT.flops_per_token"},
+                        "init_weights", "GPT.flops_per_token", "make_model"},
+    "lm/nn/loss.py": {"token_loss"},
     "lm/trainer.py": {"lr_at", "train_step"},
     "lm/optim.py": {"make_optimizer", "muon_parameters"},
     "lm/generate.py": {"greedy_decode", "beam_search", "length_penalty"},
@@ -199,21 +201,22 @@ def test_every_variant_is_documented():
 
 
 def test_checker_finds_citations_and_reports_wrong_ones():
-    text = ("See `lm/nn/models.py: token_loss`, `lm/nn/differential.py: DifferentialAttention.lambda_full`, "
-            "`lm/nn/models.py: NoSuchThing`, `lm/nn/block.py: PreNorm.no_such_method`, `lm/no_such_file.py: X`, "
-            "`lm/nn/models.py: token_loss.attr` and `lm/nn/block.py: PostNorm.norm`; not `plain code`.")
+    text = ("See `lm/nn/loss.py: token_loss`, `lm/nn/differential.py: DifferentialAttention.lambda_full`, "
+            "`lm/nn/models.py: NoSuchThing`, `lm/nn/block.py: Block.no_such_method`, `lm/no_such_file.py: X`, "
+            "`lm/nn/loss.py: token_loss.attr` and `lm/nn/position.py: RotaryPositional.block_size`; "
+            "not `plain code`.")
     cited = citations(text)
-    assert cited == [("lm/nn/models.py", "token_loss"),
+    assert cited == [("lm/nn/loss.py", "token_loss"),
                      ("lm/nn/differential.py", "DifferentialAttention.lambda_full"),
-                     ("lm/nn/models.py", "NoSuchThing"), ("lm/nn/block.py", "PreNorm.no_such_method"),
-                     ("lm/no_such_file.py", "X"), ("lm/nn/models.py", "token_loss.attr"),
-                     ("lm/nn/block.py", "PostNorm.norm")]
+                     ("lm/nn/models.py", "NoSuchThing"), ("lm/nn/block.py", "Block.no_such_method"),
+                     ("lm/no_such_file.py", "X"), ("lm/nn/loss.py", "token_loss.attr"),
+                     ("lm/nn/position.py", "RotaryPositional.block_size")]
     problems = missing(cited)
     assert [p.split(" (")[0] for p in problems] == ["lm/nn/models.py: NoSuchThing",
-                                                    "lm/nn/block.py: PreNorm.no_such_method",
+                                                    "lm/nn/block.py: Block.no_such_method",
                                                     "lm/no_such_file.py: X",
-                                                    "lm/nn/models.py: token_loss.attr"]
-    # PostNorm.norm resolves through its base PreNorm's __init__ (self.norm = ...)
+                                                    "lm/nn/loss.py: token_loss.attr"]
+    # RotaryPositional.block_size resolves through its base Positional's __init__ (self.block_size = ...)
 
 
 def test_checker_knows_every_kind_of_definition():

@@ -161,3 +161,54 @@ def test_shipped_config_loads_and_documents_every_setting():
         lines = text.splitlines()
         i = next(k for k, line in enumerate(lines) if re.match(rf"^\s*{name}:", line))
         assert "#" in lines[i] or lines[i - 1].strip().startswith("#"), f"{name} has no comment in config.yaml"
+
+
+def yaml_comments(text: str) -> dict[str, str]:
+    """The comment block just above each indented key of a sectioned YAML file, its lines joined."""
+    out, comment = {}, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if line.startswith("  ") and stripped.startswith("#"):
+            comment.append(stripped[1:].strip())
+            continue
+        key = re.match(r"  (\w+):", line)
+        if key:
+            out[key.group(1)] = " ".join(comment)
+        comment = []
+    return out
+
+
+def test_config_yaml_documents_every_key_with_its_field_doc():
+    """One source for each setting's documentation: the comment above a field in lm/config.py. config.yaml
+    names every key, under the comment of its field, word for word."""
+    docs = {}
+    for cls in (config.DataConfig, config.ModelConfig, config.TrainConfig):
+        docs.update(config.field_docs(cls))
+    assert set(docs) == set(config.FIELD_SECTION) and all(docs.values())
+    comments = yaml_comments((ROOT / "config.yaml").read_text())
+    assert set(comments) == set(docs), "config.yaml must name every key"
+    assert {k: v for k, v in comments.items() if v != docs[k]} == {}
+
+
+def test_field_docs_are_the_comments_above_each_field():
+    docs = config.field_docs(config.TrainConfig)
+    assert docs["beta1"] == "AdamW beta1"
+    assert docs["max_iters"].startswith("optimizer steps; with epochs also set")  # a comment of several lines
+    assert list(docs) == [f.name for f in dataclasses.fields(config.TrainConfig)]
+    assert yaml_comments("train:\n  # the rate\n  # at its peak\n  lr: 1\n  seed: 2\n") == {"lr": "the rate at its peak",
+                                                                                          "seed": ""}
+
+
+@pytest.mark.parametrize("cls", [config.DataConfig, config.ModelConfig, config.TrainConfig])
+def test_every_named_choice_is_refused_when_unknown_and_documented(cls, tmp_path):
+    """A Literal field's names are its one list: each is in the field's doc (and so in config.yaml), and any
+    other value is refused with an error that lists them all."""
+    docs = config.field_docs(cls)
+    literal = [name for name, tp in config._field_types(cls).items() if str(tp).startswith("typing.Literal")]
+    assert literal
+    for name in literal:
+        allowed = config.choices(cls, name)
+        assert all(re.search(rf"(?<![\w-]){re.escape(a)}(?![\w-])", docs[name]) for a in allowed), (name, docs[name])
+        with pytest.raises(ConfigError) as e:
+            config.load(None, [f"--{name}=no_such_{name}"])
+        assert str(e.value) == f"{name}: 'no_such_{name}' is not allowed; choose one of: {', '.join(allowed)}"

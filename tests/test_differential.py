@@ -10,17 +10,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lm.config import ConfigError, ModelConfig
+from lm.config import load as load_config
 from lm.nn.attention import KVCache, MultiHeadAttention
 from lm.nn.differential import DifferentialAttention
 from lm.nn.position import Rotation
 
 C, NH = 16, 4  # d = 4, h = 2 differential heads
+CFG = ModelConfig(embedding_dim=C, num_heads=NH, attention="differential")
 D, H = C // NH, NH // 2
 
 
 def make(causal=False, layer=3, seed=0):
     torch.manual_seed(seed)
-    m = DifferentialAttention(C, NH, causal=causal, layer=layer).eval()
+    m = DifferentialAttention(CFG, causal=causal, layer=layer).eval()
     with torch.no_grad():  # random values everywhere, so that a wrong slice or a missing term shows
         for p in m.parameters():
             p.copy_(torch.randn_like(p) * 0.4)
@@ -181,17 +184,18 @@ def test_rope_self_attention_only(use_sdpa):
 
 def test_lambda_init_and_construction():
     for layer in (1, 2, 3, 4):
-        m = DifferentialAttention(C, NH, layer=layer)
+        m = DifferentialAttention(CFG, layer=layer)
         assert isinstance(m.lambda_init, float)
         assert m.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * (layer - 1)))
-    assert DifferentialAttention(C, NH, layer=1).lambda_init == pytest.approx(0.2)
-    with pytest.raises(ValueError, match=r"differential.*num_heads.*\b3\b"):
-        DifferentialAttention(12, 3)
-    with pytest.raises(ValueError, match="divisible"):
-        DifferentialAttention(18, 4)
-    m = DifferentialAttention(C, NH)
+    assert DifferentialAttention(CFG, layer=1).lambda_init == pytest.approx(0.2)
+    # the shapes it needs are the config's to check (lm.config.validate), before anything is built
+    with pytest.raises(ConfigError, match=r"num_heads: 3 is not allowed; attention differential pairs heads"):
+        load_config(None, ["--attention=differential", "--num_heads=3", "--embedding_dim=12"])
+    with pytest.raises(ConfigError, match="embedding_dim: 18 is not allowed; it must be divisible by num_heads"):
+        load_config(None, ["--attention=differential", "--num_heads=4", "--embedding_dim=18"])
+    m = DifferentialAttention(CFG)
     count = lambda mod: sum(p.numel() for p in mod.parameters())
-    assert count(m) == count(MultiHeadAttention(C, NH)) + 4 * D + 2 * D
+    assert count(m) == count(MultiHeadAttention(CFG)) + 4 * D + 2 * D
     names = dict(m.named_parameters())
     assert names["q_proj.weight"].shape == (C, C) and names["kv_proj.weight"].shape == (2 * C, C)
     assert names["out_proj.weight"].shape == (C, C)

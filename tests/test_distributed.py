@@ -180,7 +180,7 @@ def test_sigterm_checkpoints_once_and_stops_every_process(small_corpus, tmp_path
 
 @pytest.mark.slow
 def test_two_nodes_rendezvous_as_the_readme_says(small_corpus, tmp_path):
-    """The README's multi-node command, with two 'nodes' on this machine: --nnodes=2, one process each,
+    """The multi-node command of docs/training.md, with two 'nodes' on this machine: --nnodes=2, one process each,
     meeting at one --rdzv_endpoint; they train the model one process does."""
     import random
     import socket

@@ -195,7 +195,7 @@ def test_resume_continues_from_the_saved_time_with_the_remaining_budget(clock, s
     assert saved["step"] == 4 and saved["elapsed_s"] == 4.0
     clock.now += 500.0  # the clock of a later process: only durations count
     second = Events()
-    train(tiny_cfg(small_corpus, out, "--max_time=10"), resume=True, on_event=second)
+    train(tiny_cfg(small_corpus, out, "--max_time=10"), resume=checkpoint.resume_point(True, out), on_event=second)
     assert [s for s, _, _ in second.steps] == [5, 6, 7, 8, 9, 10]  # the remaining 6 s of the budget
     for step, lr, elapsed in second.steps:  # the schedule goes on from the saved fraction, 4 / 10
         assert elapsed == float(step)
@@ -216,7 +216,8 @@ def test_a_run_past_its_budget_resumes_to_its_final_evaluation_without_steps(clo
     assert checkpoint.load(out / "last.pt")["step"] == 10
     assert not any(r.get("final") for r in metrics(out))
     again = Events()
-    summary = train(tiny_cfg(small_corpus, out, "--max_time=10"), resume=True, on_event=again)
+    summary = train(tiny_cfg(small_corpus, out, "--max_time=10"), resume=checkpoint.resume_point(True, out),
+                    on_event=again)
     assert again.steps == [] and clock.steps == 10
     final = metrics(out)[-1]
     assert final["final"] and final["step"] == 10 and final["elapsed_s"] == 10.0

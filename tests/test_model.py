@@ -4,8 +4,7 @@ import torch.nn.functional as F
 
 from lm.config import ModelConfig
 from lm.generate import generate
-from lm.nn import GPT, Block, EncoderDecoder, MultiHeadAttention, build_mask, make_positional
-from lm.nn.models import token_loss
+from lm.nn import GPT, Block, EncoderDecoder, MultiHeadAttention, build_mask, make_positional, token_loss
 
 POS = ["learned", "sinusoidal", "none"]
 
@@ -24,11 +23,11 @@ def test_causality_future_tokens_never_change_earlier_logits(pos, use_sdpa):
         if isinstance(m, MultiHeadAttention):
             m.use_sdpa = use_sdpa
     idx = torch.randint(11, (2, 16))
-    logits, _, _ = model(idx)
+    logits, _ = model(idx)
     for t in (0, 5, 14):
         changed = idx.clone()
         changed[:, t + 1:] = (changed[:, t + 1:] + 1 + torch.randint(9, changed[:, t + 1:].shape)) % 11
-        logits2, _, _ = model(changed)
+        logits2, _ = model(changed)
         assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1])
         assert not torch.allclose(logits[:, t + 1:], logits2[:, t + 1:])
 
@@ -37,8 +36,8 @@ def test_causality_future_tokens_never_change_earlier_logits(pos, use_sdpa):
 def test_sdpa_matches_explicit_attention(pos):
     model = tiny(pos)
     idx = torch.randint(11, (3, 16))
-    fast, _, _ = model(idx)
-    slow, _, maps = model(idx, return_weights=True)  # forces the explicit path
+    fast, _ = model(idx)
+    slow, maps = model(idx, return_weights=True)  # forces the explicit path
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     assert list(maps.kinds()) == ["decoder_self"]
     weights = maps.decoder_self
@@ -66,7 +65,7 @@ def test_kv_cache_decoding_equals_full_recompute(pos, prompt_len, new):
 def test_cached_logits_match_uncached(pos):
     model = tiny(pos)
     idx = torch.randint(11, (2, 12))
-    full, _, _ = model(idx)
+    full, _ = model(idx)
     cache = model.new_cache()
     step_logits = [model(idx[:, :4], cache=cache)[0]]
     for t in range(4, 12):
@@ -122,7 +121,7 @@ def test_language_model_label_smoothing_is_plain_cross_entropy():
 def test_a_query_with_no_allowed_key_gives_zero_in_both_attention_paths(use_sdpa):
     """A fully masked row: weights all 0 and head output 0, so the result is out_proj's bias, in both paths."""
     torch.manual_seed(0)
-    attn = MultiHeadAttention(16, 2).eval()
+    attn = MultiHeadAttention(ModelConfig(embedding_dim=16, num_heads=2)).eval()
     torch.nn.init.normal_(attn.out_proj.bias)
     attn.use_sdpa = use_sdpa
     x = torch.randn(2, 4, 16, requires_grad=True)
@@ -140,33 +139,34 @@ def test_a_query_with_no_allowed_key_gives_zero_in_both_attention_paths(use_sdpa
 
 
 def test_unknown_positional_encoding_lists_valid_names():
-    with pytest.raises(ValueError, match="learned, sinusoidal, rope, none, learned_2d, sinusoidal_2d, rope_2d, "
-                                         "randomized"):
-        make_positional("alibi", 8, 16)
+    with pytest.raises(ValueError, match="learned, sinusoidal, rope, none, randomized, learned_2d, sinusoidal_2d, "
+                                         "rope_2d"):
+        make_positional(ModelConfig(block_size=8, embedding_dim=16, pos_encoding="alibi"))
 
 
 def test_block_is_shared_by_encoder_and_decoder_uses():
     """The same Block runs bidirectional, causal, padded and cross-attending."""
     torch.manual_seed(0)
     x, ctx = torch.randn(2, 6, 16), torch.randn(2, 4, 16)
-    enc = Block(16, 2, causal=False).eval()
-    y, _ = enc(x)
+    cfg = ModelConfig(embedding_dim=16, num_heads=2)
+    enc = Block(cfg, causal=False).eval()
+    y, _, _ = enc(x)
     x2 = x.clone()
     x2[:, -1] = torch.randn(2, 16)
-    y2, _ = enc(x2)
+    y2, _, _ = enc(x2)
     assert not torch.allclose(y[:, 0], y2[:, 0])  # bidirectional: a later token changes an earlier state
-    dec = Block(16, 2, causal=True, cross_attention=True).eval()
+    dec = Block(cfg, causal=True, cross_attention=True).eval()
     with pytest.raises(ValueError, match="context"):
         dec(x)
-    out, w = dec(x, ctx, context_padding_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool),
-                 return_weights=True)
-    assert out.shape == (2, 6, 16) and w["cross"].shape == (2, 2, 6, 4)
-    assert (w["cross"][0, :, :, 2:] == 0).all()  # padded source positions get no attention
+    out, _, cross = dec(x, ctx, context_padding_mask=torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool),
+                        return_weights=True)
+    assert out.shape == (2, 6, 16) and cross.shape == (2, 2, 6, 4)
+    assert (cross[0, :, :, 2:] == 0).all()  # padded source positions get no attention
 
 
 def test_key_padding_mask_gives_padding_no_influence():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(16, 2).eval()
+    attn = MultiHeadAttention(ModelConfig(embedding_dim=16, num_heads=2)).eval()
     x = torch.randn(1, 5, 16)
     keep = torch.tensor([[True, True, True, False, False]])
     y, _ = attn(x, key_padding_mask=keep)

@@ -12,7 +12,7 @@ from lm.config import ModelConfig
 from lm.generate import beam_search, greedy_decode, length_penalty
 from lm.jobs import Seq2SeqJob, collate
 from lm.nn import Encoder, EncoderDecoder, MultiHeadAttention
-from lm.nn.models import token_loss
+from lm.nn import token_loss
 from lm.data.padding import pad_sequences, unpad
 from lm.data.tasks import BOS, EOS, PAD, make_task
 from lm.trainer import lr_at, train
@@ -61,13 +61,13 @@ def test_padding_never_changes_real_positions(pos):
     pairs = [([3, 4, 5], [5, 4, 3]), ([6, 7, 8, 9, 10, 11, 12], [12, 11, 10, 9, 8, 7, 6])]
     alone = collate(pairs[:1])
     batched = list(collate(pairs))
-    logits_alone, _, _ = model(alone[0], alone[2], alone[1])
-    logits_batched, _, _ = model(batched[0], batched[2], batched[1])
+    logits_alone, _ = model(alone[0], alone[2], alone[1])
+    logits_batched, _ = model(batched[0], batched[2], batched[1])
     n = len(pairs[0][1]) + 1
     torch.testing.assert_close(logits_batched[:1, :n], logits_alone[:, :n], atol=1e-5, rtol=1e-5)
     # whatever sits in the padded positions is invisible
     batched[0] = batched[0].masked_fill(~batched[1], 9)
-    logits_junk, _, _ = model(batched[0], batched[2], batched[1])
+    logits_junk, _ = model(batched[0], batched[2], batched[1])
     torch.testing.assert_close(logits_junk[:1, :n], logits_batched[:1, :n], atol=0, rtol=0)
 
 
@@ -77,7 +77,7 @@ def test_arbitrary_mask_gives_masked_positions_exactly_zero_influence():
     allowed = torch.ones(5, 5, dtype=torch.bool)
     allowed[:, 3] = False  # nobody attends to position 3 ...
     allowed[3, 3] = True  # ... except position 3 itself
-    for module in (MultiHeadAttention(16, 2).eval(), Encoder(model_cfg()).eval()):
+    for module in (MultiHeadAttention(ModelConfig(embedding_dim=16, num_heads=2)).eval(), Encoder(model_cfg()).eval()):
         if isinstance(module, Encoder):
             inp = torch.randint(3, 13, (1, 5))
             other = inp.clone()
@@ -95,7 +95,7 @@ def test_arbitrary_mask_gives_masked_positions_exactly_zero_influence():
 
 def test_explicit_attention_weights_respect_the_mask():
     torch.manual_seed(0)
-    attn = MultiHeadAttention(16, 2).eval()
+    attn = MultiHeadAttention(ModelConfig(embedding_dim=16, num_heads=2)).eval()
     allowed = torch.rand(4, 4) > 0.5
     allowed.fill_diagonal_(True)
     _, w = attn(torch.randn(2, 4, 16), attn_mask=allowed, return_weights=True)
@@ -316,7 +316,8 @@ def smoothed_target(targets, vocab, eps, never):
 def test_loss_ignores_padding_and_smooths_labels():
     model = seq2seq()
     src, src_mask, tgt_in, tgt_out = collate([([3, 4], [4, 3]), ([5, 6, 7, 8], [8, 7, 6, 5])])
-    logits, loss, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD)
+    logits, _ = model(src, tgt_in, src_mask)
+    loss = token_loss(logits, tgt_out, ignore_index=PAD)
     real = tgt_out != PAD
     manual = F.cross_entropy(logits[real], tgt_out[real])
     torch.testing.assert_close(loss, manual)
@@ -329,7 +330,7 @@ def test_loss_ignores_padding_and_smooths_labels():
     torch.testing.assert_close(smoothed, -(q * logits[real].log_softmax(-1)).sum(-1).mean())
     assert smoothed.item() != pytest.approx(loss.item())
     # and onto every class when nothing is excluded
-    _, everywhere, _ = model(src, tgt_in, src_mask, targets=tgt_out, pad_id=PAD, label_smoothing=0.1)
+    everywhere = token_loss(logits, tgt_out, ignore_index=PAD, label_smoothing=0.1)
     torch.testing.assert_close(everywhere, F.cross_entropy(logits[real], tgt_out[real], label_smoothing=0.1))
 
 

@@ -23,8 +23,7 @@ from lm.config import ConfigError, ModelConfig
 from lm.config import load as load_config
 from lm.device import choose_dtype, cpu_bf16_flags
 from lm.generate import generate
-from lm.jobs import make_model
-from lm.nn import GPT, EncoderDecoder, KVCache
+from lm.nn import GPT, EncoderDecoder, KVCache, make_model, token_loss
 from lm.optim import make_optimizer, muon_parameters
 from lm.trainer import Run, lr_at, prepare_job, train, train_step
 
@@ -153,7 +152,8 @@ def _rmsnorm_does_not_subtract_the_mean(setting, on):
     """Every norm of the residual stream the forward calls (both of each block's and the final one): RMSNorm
     x / rms(x) * g, no mean subtracted and no bias; plain: LayerNorm (x - mean) / sqrt(var + 1e-5) * g + b."""
     run = setting.run()
-    norms = [m for n, m in run.model.named_modules() if n == "ln_f" or n.endswith(".norm")]  # not qk_norm's
+    norms = [m for n, m in run.model.named_modules()  # each block's norm_self and norm_ff, ln_f; not qk_norm's
+             if n == "ln_f" or n.rsplit(".", 1)[-1].startswith("norm_")]
     _, calls = _forward_recording(run.model, norms, _tokens(run))
     assert len(calls) == 2 * run.cfg.model.num_blocks + 1
     for m, x, y in calls:
@@ -175,9 +175,9 @@ def _qk_norm_changes_the_attention_scores(setting, on):
     idx = _tokens(run)
     attn = model.blocks[0].self_attn
     with torch.no_grad():
-        maps = model(idx, return_weights=True)[2].decoder_self[0]
+        maps = model(idx, return_weights=True)[1].decoder_self[0]
         x, rope = model.embed(idx)
-        h = model.blocks[0].res_self.norm(x)
+        h = model.blocks[0].norm_self(x)
         B, T, C = h.shape
         d = C // run.cfg.model.num_heads
 
@@ -428,8 +428,8 @@ def test_muon_updates_exactly_the_blocks_weight_matrices(kind):
     def changed_after_step(frozen: str) -> set[str]:
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
         src = torch.randint(3, 13, (2, 5))
-        out = model(src, src, targets=src)[1] if kind == "seq2seq" else model(src, src)[1]
-        out.backward()
+        logits = model(src, src)[0] if kind == "seq2seq" else model(src)[0]
+        token_loss(logits, src).backward()
         for group in opt.parts[frozen].param_groups:
             group["lr"], group["weight_decay"] = 0.0, 0.0
         opt.step()

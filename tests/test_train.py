@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lm import checkpoint, config
+from lm.nn import token_loss
 from lm.trainer import TrainingError, lr_at, total_steps, train
 
 
@@ -73,7 +74,7 @@ def test_resume_is_exact(small_corpus, tmp_path, grad_accum, task):
     train(tiny_cfg(small_corpus, straight, "--max_iters=12", *common))
     split = tmp_path / "split"
     train(tiny_cfg(small_corpus, split, "--max_iters=6", *common))
-    train(tiny_cfg(small_corpus, split, "--max_iters=12", *common), resume=True)
+    train(tiny_cfg(small_corpus, split, "--max_iters=12", *common), resume=checkpoint.resume_point(True, split))
     losses = lambda d: [(r["step"], r["train_loss"]) for r in read_metrics(d) if "train_loss" in r]
     assert losses(straight) == losses(split)
     a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(split / "last.pt")
@@ -85,8 +86,16 @@ def test_resume_refuses_a_different_model(small_corpus, tmp_path):
     out = tmp_path / "run"
     train(tiny_cfg(small_corpus, out, "--max_iters=2", "--eval_interval=2"))
     with pytest.raises(config.ConfigError) as e:
-        train(tiny_cfg(small_corpus, out, "--max_iters=4", "--embedding_dim=32"), resume=True)
+        train(tiny_cfg(small_corpus, out, "--max_iters=4", "--embedding_dim=32"),
+              resume=checkpoint.resume_point(True, out))
     assert "embedding_dim" in str(e.value) and "16" in str(e.value) and "32" in str(e.value)
+
+
+def test_train_takes_the_checkpoint_already_read(small_corpus, tmp_path):
+    """resume is a ResumePoint (lm.checkpoint.resume_point reads the one --resume asks for), not --resume's value."""
+    with pytest.raises(TypeError, match="lm.checkpoint.resume_point"):
+        train(tiny_cfg(small_corpus, tmp_path / "run"), resume=True)
+    assert not (tmp_path / "run").exists()
 
 
 def test_overfits_one_batch(small_corpus, tmp_path):
@@ -105,7 +114,8 @@ def test_overfits_one_batch(small_corpus, tmp_path):
     opt = make_optimizer(model, cfg, torch.device("cpu"))
     losses = []
     for _ in range(150):
-        _, loss, _ = model(x, y)
+        logits, _ = model(x)
+        loss = token_loss(logits, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -126,7 +136,8 @@ def test_resume_drops_metrics_written_after_the_checkpoint(small_corpus, tmp_pat
     train(tiny_cfg(small_corpus, out, "--max_iters=4", "--eval_interval=4", "--lr_decay_iters=6"))
     with open(out / "metrics.jsonl", "a") as f:  # what a crash after the checkpoint could leave
         f.write(json.dumps({"step": 5, "train_loss": 9.9}) + "\n" + '{"step": 6, "train_lo')
-    train(tiny_cfg(small_corpus, out, "--max_iters=6", "--eval_interval=4", "--lr_decay_iters=6"), resume=True)
+    train(tiny_cfg(small_corpus, out, "--max_iters=6", "--eval_interval=4", "--lr_decay_iters=6"),
+          resume=checkpoint.resume_point(True, out))
     rows = read_metrics(out)
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
     assert all(r.get("train_loss") != 9.9 for r in rows)

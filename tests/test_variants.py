@@ -30,11 +30,12 @@ from lm.config import ConfigError, ModelConfig
 from lm.generate import beam_search, generate, greedy_decode
 from lm.jobs import collate
 from lm.data.layout import positions
-from lm.nn import GPT, Encoder, EncoderDecoder
-from lm.nn.block import ATTENTION, RESIDUAL, make_attention, make_residual
+from lm.nn import GPT, Encoder, EncoderDecoder, token_loss
+from lm.nn.block import ACTIVATIONS, ATTENTION, NORMS as NORM_LAYERS, Block, make_attention
 from lm.nn.position import POSITIONAL, Rotary2DPositional, RotaryPositional, make_positional
 from lm.optim import Muon, Optimizers, muon_parameters
 from lm.data.tasks import BOS, EOS, PAD, CopyTask, GridTask, ReverseTask, make_task
+from lm.data.tasks import TASKS as TASK_CLASSES
 
 POS_1D = ("learned", "sinusoidal", "rope", "none", "randomized")
 POS_2D = ("learned_2d", "sinusoidal_2d", "rope_2d")
@@ -108,7 +109,22 @@ def test_parametrisation_covers_every_name():
     assert set(POS_1D + POS_2D) == set(config.POS_ENCODINGS) == set(POSITIONAL)
     assert set(POS_2D) == set(config.GRID_ENCODINGS)
     assert set(ATTENTIONS) == set(config.ATTENTIONS) == set(ATTENTION)
-    assert set(NORMS) == set(config.NORM_PLACEMENTS) == set(RESIDUAL)
+    assert set(NORMS) == set(config.NORM_PLACEMENTS)
+
+
+@pytest.mark.parametrize("field,registry", [
+    ("pos_encoding", POSITIONAL), ("attention", ATTENTION), ("norm", NORM_LAYERS), ("activation", ACTIVATIONS),
+])
+def test_every_named_setting_has_its_registry(field, registry):
+    """A Literal of ModelConfig and the registry that builds its names list the same names, in the same order."""
+    assert config.choices(ModelConfig, field) == tuple(registry)
+    assert tuple(name for name, cls in POSITIONAL.items() if cls.grid) == config.GRID_ENCODINGS
+
+
+def test_every_task_name_has_its_task():
+    """DataConfig.task's names: lm (the language-model job) and one class per generated task, in one order."""
+    assert config.TASKS == ("lm", *TASK_CLASSES)
+    assert all(TASK_CLASSES[name].name == name for name in TASK_CLASSES)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -138,9 +154,9 @@ def test_variant_names_build_what_they_say(kind, attn, norm):
 def test_positional_encodings_add_what_they_say():
     C, bs = 16, 24
     pos2d = torch.tensor([[0, 0], [1, 3], [5, 2]])
-    learned = make_positional("learned_2d", bs, C)
+    learned = make_positional(ModelConfig(block_size=bs, embedding_dim=C, pos_encoding="learned_2d"))
     torch.testing.assert_close(learned(pos2d), torch.cat([learned.row[pos2d[:, 0]], learned.col[pos2d[:, 1]]], -1))
-    sin2d = make_positional("sinusoidal_2d", bs, C)
+    sin2d = make_positional(ModelConfig(block_size=bs, embedding_dim=C, pos_encoding="sinusoidal_2d"))
     half = C // 2
 
     def sinusoid(p):  # "Attention Is All You Need", width half
@@ -150,7 +166,7 @@ def test_positional_encodings_add_what_they_say():
 
     torch.testing.assert_close(sin2d(pos2d), torch.cat([sinusoid(pos2d[:, 0]), sinusoid(pos2d[:, 1])], -1))
     assert sin2d.token_scale == pytest.approx(C ** 0.5)
-    rnd = make_positional("randomized", bs, C)
+    rnd = make_positional(ModelConfig(block_size=bs, embedding_dim=C, pos_encoding="randomized"))
     both = torch.tensor([[0, 4], [3, 2], [7, -1]])
     expected = rnd.start[both[:, 0]] + torch.stack([rnd.end[4], rnd.end[2], torch.zeros(C)])
     torch.testing.assert_close(rnd(both), expected)
@@ -185,11 +201,11 @@ def test_gpt_is_causal(pos, attn, norm, sdpa):
     set_sdpa(model, sdpa)
     g = gen(1)
     idx = torch.randint(3, VOCAB, (2, 16), generator=g)
-    logits, _, _ = model(idx)
+    logits, _ = model(idx)
     for t in (0, 6, 14):
         changed = idx.clone()
         changed[:, t + 1:] = change(changed[:, t + 1:], g)
-        logits2, _, _ = model(changed)
+        logits2, _ = model(changed)
         assert torch.equal(logits[:, : t + 1], logits2[:, : t + 1]), t
         assert not torch.allclose(logits[:, t + 1:], logits2[:, t + 1:]), t
 
@@ -254,9 +270,9 @@ def test_gpt_generate_cached_equals_uncached(pos, attn, norm):
 def test_gpt_step_by_step_cached_logits_equal_full_forward(pos, attn, norm):
     model = build("gpt", pos, attn, norm, block_size=16)
     idx = torch.randint(3, VOCAB, (2, 16), generator=gen(4))
-    full, _, _ = model(idx)
+    full, _ = model(idx)
     cache = model.new_cache()
-    prefill, _, _ = model(idx[:, :3], cache=cache)  # a prompt, then one token at a time
+    prefill, _ = model(idx[:, :3], cache=cache)  # a prompt, then one token at a time
     steps = [prefill] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(3, 16)]
     close(torch.cat(steps, dim=1), full)
 
@@ -416,7 +432,7 @@ def learning_task(kind, pos, g, n):
         src_pos, tgt_pos = one_row(SRC_LEN), one_row(DEC_LEN)
     elif pos == "randomized":
         src_pos = positions(CopyTask(10), pos, src.tolist(), BLOCK)[0]
-    return lambda model, head: model(src, tgt_in, targets=targets, src_pos=src_pos, tgt_pos=tgt_pos)[1]
+    return lambda model, head: token_loss(model(src, tgt_in, src_pos=src_pos, tgt_pos=tgt_pos)[0], targets)
 
 
 @pytest.mark.parametrize("kind,pos,attn,norm", TRAIN_CASES)
@@ -468,7 +484,7 @@ def rope_score(enc, q, k, m, n):
 
 
 def test_rope_score_depends_only_on_the_offset():
-    enc = make_positional("rope", 64, 16, 2)
+    enc = make_positional(ModelConfig(block_size=64, embedding_dim=16, num_heads=2, pos_encoding="rope"))
     assert isinstance(enc, RotaryPositional) and enc(torch.arange(4)) is None  # nothing added
     g = gen(6)
     for _ in range(5):
@@ -484,7 +500,7 @@ def test_rope_score_depends_only_on_the_offset():
 
 
 def test_rope_2d_score_depends_only_on_the_row_and_column_offset():
-    enc = make_positional("rope_2d", 64, 16, 2)  # head width 8: 2 pairs turn with the row, 2 with the column
+    enc = make_positional(ModelConfig(block_size=64, embedding_dim=16, num_heads=2, pos_encoding="rope_2d"))  # head width 8: 2 pairs turn with the row, 2 with the column
     assert isinstance(enc, Rotary2DPositional) and enc(torch.zeros(3, 2, dtype=torch.long)) is None
     g = gen(7)
     for _ in range(5):
@@ -561,9 +577,10 @@ def test_unknown_names_are_refused_listing_the_valid_ones(key, bad, valid):
 
 
 @pytest.mark.parametrize("maker,name,valid", [
-    (lambda n: make_positional(n, 16, 16, 2), "pos_encoding", POSITIONAL),
-    (lambda n: make_attention(n, 16, 2), "attention", ATTENTION),
-    (lambda n: make_residual(n, 16), "norm_placement", RESIDUAL),
+    (lambda n: make_positional(ModelConfig(embedding_dim=16, num_heads=2, pos_encoding=n)), "pos_encoding", POSITIONAL),
+    (lambda n: make_attention(ModelConfig(embedding_dim=16, num_heads=2, attention=n)), "attention", ATTENTION),
+    (lambda n: Block(ModelConfig(embedding_dim=16, num_heads=2, norm=n)), "norm", NORM_LAYERS),
+    (lambda n: Block(ModelConfig(embedding_dim=16, num_heads=2, activation=n)), "activation", ACTIVATIONS),
 ])
 def test_builders_refuse_unknown_names(maker, name, valid):
     with pytest.raises(ValueError, match=f"unknown {name} 'nope'; choose one of: {', '.join(valid)}"):
@@ -758,8 +775,8 @@ def test_checkpoints_of_every_variant_round_trip_and_sample(runs, name, capsys):
     assert type(embed.pos) is POSITIONAL[fields["pos_encoding"]]
     attns = [m for m in model.modules() if hasattr(m, "use_sdpa")]
     assert attns and all(type(m) is ATTENTION[fields["attention"]] for m in attns)
-    residuals = [m for m in model.modules() if isinstance(m, tuple(RESIDUAL.values()))]
-    assert residuals and all(type(m) is RESIDUAL[fields["norm_placement"]] for m in residuals)
+    blocks = [m for m in model.modules() if isinstance(m, Block)]
+    assert blocks and all(b.post_norm == (fields["norm_placement"] == "post") for b in blocks)
     # computing what the model the run's arguments describe computes with those tensors
     reference = (GPT if cfg.data.task == "lm" else EncoderDecoder)(run_model_config(name, ckpt))
     reference.load_state_dict(ckpt["model"])

@@ -50,9 +50,9 @@ def test_every_model_returns_attention_maps_of_the_same_form(pos, attn, norm):
     tgt = torch.randint(3, 13, (B, T))
 
     gpt = build(GPT, pos, attn, norm)
-    logits, _, maps = gpt(tgt, return_weights=True)
+    logits, maps = gpt(tgt, return_weights=True)
     assert isinstance(maps, AttentionMaps) and list(maps.kinds()) == ["decoder_self"]
-    assert gpt(tgt)[2] is None
+    assert gpt(tgt)[1] is None
     torch.testing.assert_close(gpt(tgt)[0], logits, atol=1e-5, rtol=1e-5)
     for layer, w in enumerate(maps.decoder_self):
         assert w.shape == (B, heads, T, T)
@@ -67,9 +67,9 @@ def test_every_model_returns_attention_maps_of_the_same_form(pos, attn, norm):
     assert all((w[1, :, :, 4:] == 0).all() for w in maps.encoder_self)  # padding keys get no weight
 
     model = build(EncoderDecoder, pos, attn, norm)
-    logits, loss, maps = model(src, tgt, src_mask, targets=tgt, return_weights=True)
+    logits, maps = model(src, tgt, src_mask, return_weights=True)
     assert list(maps.kinds()) == ["encoder_self", "decoder_self", "cross"]
-    assert loss is not None and model(src, tgt, src_mask)[2] is None
+    assert model(src, tgt, src_mask)[1] is None
     torch.testing.assert_close(model(src, tgt, src_mask)[0], logits, atol=1e-5, rtol=1e-5)
     shapes = {"encoder_self": (B, heads, S, S), "decoder_self": (B, heads, T, T), "cross": (B, heads, T, S)}
     for kind, layers in maps.kinds().items():
@@ -128,7 +128,7 @@ def test_record_of_a_language_model(checkpoints):
     assert rec.kind == "lm" and rec.tokens == list("ROMEO: hi")
     assert list(rec.maps) == ["decoder_self"] and rec.maps["decoder_self"].shape == (2, 2, 9, 9)
     with torch.no_grad():
-        _, _, maps = model(torch.tensor(vocab.encode("ROMEO: hi").tolist())[None], return_weights=True)
+        _, maps = model(torch.tensor(vocab.encode("ROMEO: hi").tolist())[None], return_weights=True)
     np.testing.assert_allclose(rec.maps["decoder_self"][1], maps.decoder_self[1][0].numpy())
     data = rec.to_json()
     assert data["config"]["task"] == "lm" and data["config"]["num_heads"] == 2
@@ -162,7 +162,7 @@ def test_record_of_a_seq2seq_model_decodes_then_looks(checkpoints, monkeypatch, 
     tgt = torch.tensor([[BOS] + task.to_ids([int(t) for t in target[1:]])])  # (1, T)
     src = torch.tensor([task.to_ids([5, 7, 9, 2])])
     with torch.no_grad():
-        _, _, maps = model(src, tgt, torch.ones_like(src, dtype=torch.bool), return_weights=True)
+        _, maps = model(src, tgt, torch.ones_like(src, dtype=torch.bool), return_weights=True)
     np.testing.assert_allclose(rec.maps["cross"][1], maps.cross[1][0].numpy(), atol=1e-6)
 
 

@@ -57,8 +57,8 @@ def train_bpe(text: str | Iterable[str], vocab_size: int,
     byte strings stay unique, as tiktoken's ranks need. ``progress(done, total)`` is called
     every few merges.
 
-    Pair counts are updated incrementally: only the distinct pieces holding the merged pair are
-    rewritten, and the best pair comes from a heap with lazy deletion.
+    Pair counts are updated incrementally (``_PairIndex``): only the distinct pieces holding the
+    merged pair are rewritten, and the best pair comes from a heap with lazy deletion.
     """
     if not _is_int(vocab_size) or vocab_size < 256:
         raise ValueError(f"vocab_size must be an integer >= 256 (the 256 byte values plus the "
@@ -67,85 +67,140 @@ def train_bpe(text: str | Iterable[str], vocab_size: int,
     if progress is not None:
         progress(0, total)
 
-    # distinct pieces (as lists of token ids) and how often each occurs; single bytes have no pairs
-    words: list[list[int]] = []
-    freqs: list[int] = []
-    pieces: Counter[str] = Counter()
-    for part in [text] if isinstance(text, str) else text:
-        pieces.update(regex.findall(PATTERN, part))
-    for piece, freq in pieces.items():
-        ids = list(piece.encode("utf-8"))
-        if len(ids) > 1:
-            words.append(ids)
-            freqs.append(freq)
-
-    counts: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the text
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words holding it
-    for i, (w, f) in enumerate(zip(words, freqs)):
-        for pair in zip(w, w[1:]):
-            counts[pair] += f
-            where[pair].add(i)
-    heap = [(-c, pair) for pair, c in counts.items()]  # entries are stale once counts[pair] changed
-    heapq.heapify(heap)
-
+    pairs = _PairIndex(*_distinct_pieces(text))
     vocab = [bytes([b]) for b in range(256)]  # token id -> bytes
     known = set(vocab)
-    skipped: set[tuple[int, int]] = set()
     merges: list[tuple[int, int]] = []
-    while len(merges) < total and heap:
-        neg, pair = heapq.heappop(heap)
-        if counts.get(pair, 0) != -neg or pair in skipped:
-            continue  # stale entry
+    while len(merges) < total:
+        pair = pairs.pop_most_frequent()
+        if pair is None:
+            break  # no pair is left to merge
         joined = vocab[pair[0]] + vocab[pair[1]]
         if joined in known:
-            skipped.add(pair)
+            pairs.skip(pair)  # its bytes already are a token: never merge it
             continue
-        new_id = len(vocab)
         vocab.append(joined)
         known.add(joined)
         merges.append(pair)
-        a, b = pair
-        changed = set()
-        for i in where.pop(pair):
-            w, f = words[i], freqs[i]
-            new = []
-            j, n = 0, len(w)
-            while j < n:
-                if w[j] == a and j + 1 < n and w[j + 1] == b:
-                    new.append(new_id)
-                    j += 2
-                else:
-                    new.append(w[j])
-                    j += 1
-            old_pairs = Counter(zip(w, w[1:]))
-            new_pairs = Counter(zip(new, new[1:]))
-            for p, k in old_pairs.items():
-                d = new_pairs.get(p, 0) - k
-                if d:
-                    counts[p] += d * f
-                    changed.add(p)
-                if p not in new_pairs and p != pair:
-                    where[p].discard(i)
-            for p, k in new_pairs.items():
-                if p not in old_pairs:
-                    counts[p] += k * f
-                    where[p].add(i)
-                    changed.add(p)
-            words[i] = new
-        counts.pop(pair, None)  # no occurrence is left (merging left to right removes them all)
-        for p in changed:
-            c = counts.get(p, 0)
-            if c > 0:
-                if p not in skipped:
-                    heapq.heappush(heap, (-c, p))
-            elif p != pair:
-                counts.pop(p, None)
-                where.pop(p, None)
+        pairs.merge(pair, len(vocab) - 1)
         if progress is not None and len(merges) % _PROGRESS_EVERY == 0:
             progress(len(merges), total)
     if progress is not None and len(merges) % _PROGRESS_EVERY != 0:
         progress(len(merges), total)
     return merges
+
+
+def _distinct_pieces(text: str | Iterable[str]) -> tuple[list[list[int]], list[int]]:
+    """Split ``text`` into pre-tokenised pieces (``PATTERN``) and count them: returns the distinct
+    pieces as lists of byte values, and how often each occurs. Merges never cross pieces, so
+    training only needs each distinct piece once. Single bytes are left out: they hold no pair."""
+    pieces: Counter[str] = Counter()
+    for part in [text] if isinstance(text, str) else text:
+        pieces.update(regex.findall(PATTERN, part))
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for piece, freq in pieces.items():
+        ids = list(piece.encode("utf-8"))
+        if len(ids) > 1:
+            words.append(ids)
+            freqs.append(freq)
+    return words, freqs
+
+
+def _merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """``word`` with every occurrence of ``pair`` replaced by ``new_id``, scanning left to right
+    (so in ``a a a`` the pair ``(a, a)`` is merged once, at the start)."""
+    a, b = pair
+    new = []
+    j, n = 0, len(word)
+    while j < n:
+        if word[j] == a and j + 1 < n and word[j + 1] == b:
+            new.append(new_id)
+            j += 2
+        else:
+            new.append(word[j])
+            j += 1
+    return new
+
+
+class _PairIndex:
+    """The adjacent pairs of the distinct pieces (``words``, each occurring ``freqs[i]`` times),
+    kept up to date as pairs are merged, so each merge only touches the pieces that hold it.
+
+    ``counts``: pair -> occurrences in the text; ``where``: pair -> indices of the words holding
+    it; ``heap``: (-count, pair) entries, the most frequent (then smallest) pair first. An entry
+    goes stale when its pair's count changes (a fresh one is pushed) and is dropped when popped.
+    ``skipped``: pairs never to merge (``train_bpe`` found their bytes already are a token).
+    """
+
+    def __init__(self, words: list[list[int]], freqs: list[int]):
+        self.words, self.freqs = words, freqs
+        self.counts: dict[tuple[int, int], int] = defaultdict(int)
+        self.where: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for i, (w, f) in enumerate(zip(words, freqs)):
+            for pair in zip(w, w[1:]):
+                self.counts[pair] += f
+                self.where[pair].add(i)
+        self.heap = [(-c, pair) for pair, c in self.counts.items()]
+        heapq.heapify(self.heap)
+        self.skipped: set[tuple[int, int]] = set()
+
+    def pop_most_frequent(self) -> tuple[int, int] | None:
+        """Remove and return the most frequent pair not skipped (ties: the smallest), skipping
+        stale heap entries; None when no pair is left."""
+        while self.heap:
+            neg, pair = heapq.heappop(self.heap)
+            if self.counts.get(pair, 0) == -neg and pair not in self.skipped:
+                return pair
+        return None
+
+    def skip(self, pair: tuple[int, int]) -> None:
+        """Never return ``pair`` again (its heap entries are dropped when popped)."""
+        self.skipped.add(pair)
+
+    def merge(self, pair: tuple[int, int], new_id: int) -> None:
+        """Replace every occurrence of ``pair`` by the token ``new_id``, and update the counts of
+        the pairs that changed around them (and their heap entries)."""
+        changed: list[tuple[int, int]] = []
+        for i in self.where.pop(pair):
+            changed += self._rewrite(i, _merge_word(self.words[i], pair, new_id), pair)
+        self.counts.pop(pair, None)  # no occurrence is left (merging left to right removes them all)
+        self._requeue(set(changed), pair)
+
+    def _rewrite(self, i: int, new: list[int], merged: tuple[int, int]) -> list[tuple[int, int]]:
+        """Replace word ``i`` by ``new`` (the same word with ``merged`` merged): each pair's count
+        changes by the difference of its occurrences in the two, times the word's frequency.
+        Returns the pairs whose count changed."""
+        old, f = self.words[i], self.freqs[i]
+        old_pairs = Counter(zip(old, old[1:]))
+        new_pairs = Counter(zip(new, new[1:]))
+        changed = []
+        for p, k in old_pairs.items():
+            d = new_pairs.get(p, 0) - k
+            if d:
+                self.counts[p] += d * f
+                changed.append(p)
+            if p not in new_pairs and p != merged:
+                self.where[p].discard(i)
+        for p, k in new_pairs.items():
+            if p not in old_pairs:
+                self.counts[p] += k * f
+                self.where[p].add(i)
+                changed.append(p)
+        self.words[i] = new
+        return changed
+
+    def _requeue(self, changed: set[tuple[int, int]], merged: tuple[int, int]) -> None:
+        """Push a fresh heap entry for each changed pair still occurring (and not skipped); forget
+        the pairs no longer occurring (``merged`` itself was removed from ``where`` already)."""
+        for p in changed:
+            c = self.counts.get(p, 0)
+            if c > 0:
+                if p not in self.skipped:
+                    heapq.heappush(self.heap, (-c, p))
+            elif p != merged:
+                self.counts.pop(p, None)
+                self.where.pop(p, None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nn.position import GRID_ENCODINGS as GRID
+from ..config import GRID_ENCODINGS as GRID
 from .tasks import NUM_SPECIALS, Task
 
 

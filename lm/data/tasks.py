@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ..config import GRID_OPS  # the operations' names: DataConfig.grid_op's Literal
+
 PAD, BOS, EOS = 0, 1, 2
 NUM_SPECIALS = 3
 
@@ -208,9 +210,6 @@ class AddTask(Task):
             else:
                 current.append(s)
         return "+".join(numbers)
-
-
-GRID_OPS = ("rotate", "transpose", "flip", "gravity")
 
 
 class GridTask(Task):

@@ -95,7 +95,7 @@ def record_text(model, tokenizer, cfg, text: str, device) -> AttentionRecord:
                          f"{cfg.model.block_size} (block_size): give a shorter text")
     model.eval()
     idx = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
-    _, _, maps = model(idx, return_weights=True)
+    _, maps = model(idx, return_weights=True)
     tokens = [tokenizer.decode([i]) for i in ids]
     return AttentionRecord("lm", tokens, _stack(maps), _settings(cfg))
 
@@ -113,7 +113,7 @@ def record_input(model, task, cfg, text: str, device) -> AttentionRecord:
     tgt_in = ([BOS] + out)[: source.max_len]  # the decoder inputs that produced out (and its EOS)
     tgt = torch.tensor(tgt_in, dtype=torch.long, device=device)[None]  # (1, T)
     tgt_pos = None if source.tgt_pos is None else source.tgt_pos[:, : tgt.size(1)]
-    _, _, maps = model(source.src, tgt, source.mask, src_pos=source.src_pos, tgt_pos=tgt_pos, return_weights=True)
+    _, maps = model(source.src, tgt, source.mask, src_pos=source.src_pos, tgt_pos=tgt_pos, return_weights=True)
     tokens = {"source": task.token_texts(source.ids), "target": task.token_texts(tgt_in)}
     return AttentionRecord("seq2seq", tokens, _stack(maps), _settings(cfg), output=task.render(task.from_ids(out)),
                            ended=ended)

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import ModelConfig
+
 
 class KVCache:
     """Keys and values of the positions already seen by one attention layer.
@@ -120,28 +122,29 @@ class MultiHeadAttention(nn.Module):
 
     Q = x W_q, K = c W_k, V = c W_v with c = x (self-attention) or c = context (cross-attention);
     the heads' outputs are concatenated and projected: MultiHead = Concat(head_1..head_h) W_o.
+    forward makes the projections and the mask; _attend is the attention itself, the one method a
+    variant (DifferentialAttention) overrides, with _value_heads (how the values are grouped).
 
     A query with no allowed key (a fully masked row) gets all-zero attention weights and a zero
     head output, so its result is out_proj(0) = the output bias; the SDPA and the explicit path
     agree on this (softmax over no keys would otherwise be 0/0 = NaN).
     """
 
-    def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = False, qk_norm: bool = False):
+    def __init__(self, cfg: ModelConfig, causal: bool = False, layer: int = 1):
         super().__init__()
-        if embedding_dim % num_heads:
-            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = embedding_dim // num_heads
+        C = cfg.embedding_dim
+        assert C % cfg.num_heads == 0, "lm.config.validate checks embedding_dim % num_heads"
+        self.num_heads = cfg.num_heads
+        self.head_dim = C // cfg.num_heads
         self.causal = causal
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
-        self.kv_proj = nn.Linear(embedding_dim, 2 * embedding_dim, bias=bias)
-        self.out_proj = nn.Linear(embedding_dim, embedding_dim, bias=bias)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.dropout = cfg.dropout
+        self.q_proj = nn.Linear(C, C, bias=cfg.bias)
+        self.kv_proj = nn.Linear(C, 2 * C, bias=cfg.bias)
+        self.out_proj = nn.Linear(C, C, bias=cfg.bias)
+        self.attn_dropout = nn.Dropout(cfg.dropout)
         # QK-norm: q <- RMSNorm(q), k <- RMSNorm(k) per head (width hs), bounding the attention logits
-        self.q_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.q_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim) if cfg.qk_norm else nn.Identity()
         # False: always use the explicit matmul-softmax path (slower; same numbers up to rounding)
         self.use_sdpa = True
         # the SDPA core in float32 under bfloat16 autocast on the CPU for short keys (see sdpa); False: never
@@ -154,58 +157,53 @@ class MultiHeadAttention(nn.Module):
     def _value_heads(self, v: torch.Tensor) -> torch.Tensor:
         return self._heads(v)  # (B, nh, S, hs)
 
-    def _attention_inputs(self, x, context, key_padding_mask, attn_mask, cache, rope):
-        """Queries, keys, values and the boolean mask of one call; shared by the attention variants.
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
+                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                cache: KVCache | None = None, return_weights: bool = False, rope=None):
+        """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
 
-        Keys and values come from the cache (cross-attention after its first call) or are projected
-        from x (self-attention) or the context; self-attention rotates q and this call's k with rope
-        before caching them, and appends them to the cache. Returns (q, k, v, mask, causal).
+        Keys and values come from the cache (cross-attention after its first call) or are projected from
+        x (self-attention) or the context. rope: a Rotation (lm.nn.position) for these T positions, or
+        None; self-attention rotates its queries and this call's keys with it, before caching them;
+        cross-attention never does. key_padding_mask, attn_mask: see build_mask.
+
+        Returns (y, weights): y is (B, T, C); weights is (B, heads, T, T_k) when return_weights, else None.
         """
         B, T, C = x.shape
         q = self.q_norm(self._heads(self.q_proj(x)))  # (B, nh, T, hs)
         if context is not None and cache is not None and cache.k is not None:
             k, v = cache.k, cache.v  # cross-attention: the source's keys/values were computed once
         else:
-            source = x if context is None else context
-            k, v = self.kv_proj(source).split(C, dim=2)  # 2 x (B, S, C)
-            k, v = self.k_norm(self._heads(k)), self._value_heads(v)  # (B, nh, S, hs), values as the variant groups them
+            k, v = self.kv_proj(x if context is None else context).split(C, dim=2)  # 2 x (B, S, C)
+            k, v = self.k_norm(self._heads(k)), self._value_heads(v)  # (B, nh, S, hs); v as the variant groups it
             if rope is not None and context is None:
                 q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
             if cache is not None:
                 k, v = cache.append(k, v)  # self-attention: past + new positions; cross: stored once
         causal = self.causal and context is None
         mask = build_mask(T, k.size(2), causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                          device=x.device)
-        return q, k, v, mask, causal
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
-                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_weights: bool = False, rope=None):
-        """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
-
-        rope: a Rotation (lm.nn.position) for these T positions, or None; self-attention rotates its
-        queries and this call's keys with it (before caching them), cross-attention never does.
-
-        Returns (y, weights): y is (B, T, C); weights is (B, nh, T, T_k) when return_weights, else None.
-        """
-        B, T, C = x.shape
-        q, k, v, mask, causal = self._attention_inputs(x, context, key_padding_mask, attn_mask, cache, rope)
-        t_k = k.size(2)
-        p = self.dropout if self.training else 0.0
-        if self.use_sdpa and not return_weights:
-            if causal and T == t_k and key_padding_mask is None and attn_mask is None:
-                # plain causal square: let SDPA pick its fused causal kernel instead of reading a mask
-                y = sdpa(q, k, v, None, True, p, self.float32_on_cpu)  # (B, nh, T, hs)
-            else:
-                y = sdpa(q, k, v, mask, False, p, self.float32_on_cpu)  # (B, nh, T, hs)
-            weights = None
-        else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            weights = F.softmax(scores, dim=-1)  # (B, nh, T, T_k); NaN on a row with no allowed key
-            if mask is not None:
-                weights = weights.masked_fill(~mask, 0.0)  # masked keys get exactly 0, fully masked rows too
-            y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
+                          device=x.device)  # (T, T_k), (B, 1, 1, T_k), (B, 1, T, T_k) or None
+        # the plain causal square: SDPA may use its fused causal kernel instead of reading the mask
+        square = causal and T == k.size(2) and key_padding_mask is None and attn_mask is None
+        y, weights = self._attend(q, k, v, mask, square, return_weights)  # (B, heads, T, head width)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.out_proj(y), (weights if return_weights else None)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                causal: bool, return_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention(Q, K, V) = softmax(Q K^T / sqrt(hs) + M) V, M = 0 where mask is True, -inf elsewhere.
+
+        q: (B, nh, T, hs), k and v: (B, nh, T_k, hs) -> (y (B, nh, T, hs), weights (B, nh, T, T_k) or None).
+        causal: mask is the plain causal square, which the fused kernel applies itself. The fused kernel
+        (sdpa) unless weights are asked for or use_sdpa is False; then the explicit matmul-softmax path.
+        """
+        p = self.dropout if self.training else 0.0
+        if self.use_sdpa and not return_weights:
+            return sdpa(q, k, v, None if causal else mask, causal, p, self.float32_on_cpu), None
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, nh, T, T_k)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = F.softmax(scores, dim=-1)  # (B, nh, T, T_k); NaN on a row with no allowed key
+        if mask is not None:
+            weights = weights.masked_fill(~mask, 0.0)  # masked keys get exactly 0, fully masked rows too
+        return self.attn_dropout(weights) @ v, weights  # (B, nh, T, hs)

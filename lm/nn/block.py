@@ -1,29 +1,31 @@
-"""The transformer block shared by decoder, encoder and encoder-decoder, and its variants by name:
-``attention`` (standard | differential) and ``norm_placement`` (pre | post)."""
+"""The transformer block shared by decoder, encoder and encoder-decoder, and the parts it is made of,
+each chosen by name from a registry: ``attention`` (ATTENTION), ``norm`` (NORMS), ``activation``
+(ACTIVATIONS); ``norm_placement`` (pre | post) is written out in Block.forward."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from ..config import ModelConfig
 from .attention import KVCache, MultiHeadAttention
 from .differential import DifferentialAttention
 
+# name -> class(cfg, causal, layer); the names are ModelConfig.attention's Literal (a test ties them)
 ATTENTION = {"standard": MultiHeadAttention, "differential": DifferentialAttention}
 
 
-def make_attention(name: str, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                   causal: bool = False, layer: int = 1, qk_norm: bool = False) -> nn.Module:
-    """Build an attention module by name (``attention``); raises ValueError listing the valid names.
+def _registered(registry: dict, key: str, name: str):
+    """registry[name], or a ValueError listing the valid names."""
+    if name not in registry:
+        raise ValueError(f"unknown {key} {name!r}; choose one of: {', '.join(registry)}")
+    return registry[name]
 
-    layer: the block's depth, 1..L (differential attention's lambda_init depends on it)."""
-    if name not in ATTENTION:
-        raise ValueError(f"unknown attention {name!r}; choose one of: {', '.join(ATTENTION)}")
-    if name == "standard":
-        return MultiHeadAttention(embedding_dim, num_heads, dropout, bias, causal=causal, qk_norm=qk_norm)
-    return DifferentialAttention(embedding_dim, num_heads, dropout, bias, causal=causal, layer=layer, qk_norm=qk_norm)
+
+def make_attention(cfg: ModelConfig, causal: bool = False, layer: int = 1) -> MultiHeadAttention:
+    """The attention module named by cfg.attention. causal: a decoder's self-attention; layer: the
+    block's depth, 1..L (differential attention's lambda_init depends on it)."""
+    return _registered(ATTENTION, "attention", cfg.attention)(cfg, causal, layer)
 
 
 class ReLUSquared(nn.Module):
@@ -33,28 +35,37 @@ class ReLUSquared(nn.Module):
         return torch.relu(x).square()
 
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu2": ReLUSquared}
-NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = {"gelu": nn.GELU, "relu2": ReLUSquared}  # name -> class(); ModelConfig.activation's names
 
 
-def make_norm(name: str, embedding_dim: int, bias: bool = True) -> nn.Module:
-    """A normalisation layer by name (``norm``): LayerNorm (with a bias when bias) or RMSNorm (none)."""
-    if name not in NORMS:
-        raise ValueError(f"unknown norm {name!r}; choose one of: {', '.join(NORMS)}")
-    return nn.LayerNorm(embedding_dim, bias=bias) if name == "layernorm" else nn.RMSNorm(embedding_dim)
+def _layer_norm(dim: int, bias: bool) -> nn.Module:
+    """LN(x) = g (x - mean(x)) / sqrt(var(x) + eps) + b (b only with bias)."""
+    return nn.LayerNorm(dim, bias=bias)
+
+
+def _rms_norm(dim: int, bias: bool) -> nn.Module:
+    """RMSNorm(x) = g x / sqrt(mean(x^2) + eps): no centring, no bias whatever bias says."""
+    return nn.RMSNorm(dim)
+
+
+NORMS = {"layernorm": _layer_norm, "rmsnorm": _rms_norm}  # name -> fn(dim, bias); ModelConfig.norm's names
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The normalisation layer named by cfg.norm, over the embedding width."""
+    return _registered(NORMS, "norm", cfg.norm)(cfg.embedding_dim, cfg.bias)
 
 
 class FeedForward(nn.Module):
     """Position-wise MLP: FFN(x) = W_2 act(W_1 x + b_1) + b_2, hidden width 4C, act = GELU (default) or
     ReLU^2 (``activation``)."""
 
-    def __init__(self, embedding_dim: int, bias: bool = True, activation: str = "gelu"):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of: {', '.join(ACTIVATIONS)}")
-        self.fc = nn.Linear(embedding_dim, 4 * embedding_dim, bias=bias)
-        self.act = ACTIVATIONS[activation]()
-        self.proj = nn.Linear(4 * embedding_dim, embedding_dim, bias=bias)
+        C = cfg.embedding_dim
+        self.fc = nn.Linear(C, 4 * C, bias=cfg.bias)
+        self.act = _registered(ACTIVATIONS, "activation", cfg.activation)()
+        self.proj = nn.Linear(4 * C, C, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.act(self.fc(x)))  # dropout is the residual connection's
@@ -78,65 +89,30 @@ def drop(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     return dropout(x) if dropout.training else x
 
 
-class PreNorm(nn.Module):
-    """Pre-LayerNorm residual connection (GPT-2): x + Dropout(Sublayer(LN(x))); LN is the ``norm`` by name."""
-
-    def __init__(self, embedding_dim: int, bias: bool = True, dropout: float = 0.0, norm: str = "layernorm"):
-        super().__init__()
-        self.norm = make_norm(norm, embedding_dim, bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        return x + drop(self.dropout, sublayer(self.norm(x)))
-
-
-class PostNorm(PreNorm):
-    """Post-LayerNorm residual connection ("Attention Is All You Need"): LN(x + Dropout(Sublayer(x)))."""
-
-    def forward(self, x, sublayer):
-        return self.norm(x + drop(self.dropout, sublayer(x)))
-
-
-RESIDUAL = {"pre": PreNorm, "post": PostNorm}
-
-
-def make_residual(name: str, embedding_dim: int, bias: bool = True, dropout: float = 0.0,
-                  norm: str = "layernorm") -> PreNorm:
-    """A residual connection by name (``norm_placement``); raises ValueError listing the valid names."""
-    if name not in RESIDUAL:
-        raise ValueError(f"unknown norm_placement {name!r}; choose one of: {', '.join(RESIDUAL)}")
-    return RESIDUAL[name](embedding_dim, bias, dropout, norm)
+# parameter names of checkpoints written before the norms became the block's own (commit d241b62 and earlier)
+RENAMED = {"res_self.norm.": "norm_self.", "res_cross.norm.": "norm_cross.", "res_ff.norm.": "norm_ff."}
 
 
 class Block(nn.Module):
     """Self-attention, optional cross-attention and a feed-forward network, each in a residual
-    connection chosen by norm_placement:
+    connection with its norm placed by cfg.norm_placement:
 
-        pre  (default):  x = x + SelfAttn(LN(x));  x = x + CrossAttn(LN(x), context);  x = x + FFN(LN(x))
+        pre  (GPT-2):    x = x + SelfAttn(LN(x));  x = x + CrossAttn(LN(x), context);  x = x + FFN(LN(x))
         post (original): x = LN(x + SelfAttn(x));  x = LN(x + CrossAttn(x, context));  x = LN(x + FFN(x))
 
-    Self-attention is causal in a decoder and bidirectional in an encoder; cross-attention (queries
-    from x, keys and values from the encoder output) only with cross_attention=True. attention picks
-    the attention module by name (standard | differential) for both.
+    with dropout on each sublayer's output before the add. Self-attention is causal in a decoder and
+    bidirectional in an encoder; cross-attention (queries from x, keys and values from the encoder
+    output) only with cross_attention=True. layer: the block's depth, 1..L.
     """
 
-    def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = False, cross_attention: bool = False, attention: str = "standard",
-                 norm_placement: str = "pre", layer: int = 1, norm: str = "layernorm", qk_norm: bool = False,
-                 activation: str = "gelu"):
+    def __init__(self, cfg: ModelConfig, causal: bool = False, cross_attention: bool = False, layer: int = 1):
         super().__init__()
-
-        def attn(is_causal: bool) -> nn.Module:
-            return make_attention(attention, embedding_dim, num_heads, dropout, bias, causal=is_causal, layer=layer,
-                                  qk_norm=qk_norm)
-
-        def residual() -> PreNorm:
-            return make_residual(norm_placement, embedding_dim, bias, dropout, norm)
-
-        self.self_attn, self.res_self = attn(causal), residual()
-        self.cross_attn = attn(False) if cross_attention else None
-        self.res_cross = residual() if cross_attention else None
-        self.ff, self.res_ff = FeedForward(embedding_dim, bias, activation), residual()
+        self.post_norm = cfg.norm_placement == "post"
+        self.self_attn, self.norm_self = make_attention(cfg, causal, layer), make_norm(cfg)
+        self.cross_attn = make_attention(cfg, False, layer) if cross_attention else None
+        self.norm_cross = make_norm(cfg) if cross_attention else None
+        self.ff, self.norm_ff = FeedForward(cfg), make_norm(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
@@ -147,27 +123,35 @@ class Block(nn.Module):
         padding_mask: (B, T_k) True at real tokens of x (and of the cached past);
         context_padding_mask: (B, S) the same for the context; attn_mask: (T, T_k) or (B, T, T_k)
         boolean adjacency for self-attention; rope: the Rotation of x's positions for self-attention
-        (None without rotary positions). Returns (x, weights) with weights a dict of per-attention
-        weights when return_weights, else None.
+        (None without rotary positions). Returns (x, self_weights, cross_weights), the weights
+        (B, heads, T, T_k) when return_weights, else None.
         """
-        weights = {"self": None, "cross": None}
-
-        def self_attention(h: torch.Tensor) -> torch.Tensor:
-            h, weights["self"] = self.self_attn(h, key_padding_mask=padding_mask, attn_mask=attn_mask,
-                                                cache=cache.self_attn if cache else None,
-                                                return_weights=return_weights, rope=rope)
-            return h
-
-        def cross_attention(h: torch.Tensor) -> torch.Tensor:
-            h, weights["cross"] = self.cross_attn(h, context, key_padding_mask=context_padding_mask,
-                                                  cache=cache.cross_attn if cache else None,
-                                                  return_weights=return_weights)
-            return h
-
-        x = self.res_self(x, self_attention)
+        post = self.post_norm
+        # self-attention: pre-norm normalises the sublayer's input, post-norm the residual sum
+        h, self_weights = self.self_attn(x if post else self.norm_self(x), key_padding_mask=padding_mask,
+                                         attn_mask=attn_mask, cache=cache.self_attn if cache else None,
+                                         return_weights=return_weights, rope=rope)
+        x = x + drop(self.dropout, h)
+        x = self.norm_self(x) if post else x
+        # cross-attention: queries from x, keys and values from the context (decoder blocks only)
+        cross_weights = None
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass the encoder output as context")
-            x = self.res_cross(x, cross_attention)
-        x = self.res_ff(x, self.ff)
-        return x, (weights if return_weights else None)
+            h, cross_weights = self.cross_attn(x if post else self.norm_cross(x), context,
+                                               key_padding_mask=context_padding_mask,
+                                               cache=cache.cross_attn if cache else None,
+                                               return_weights=return_weights)
+            x = x + drop(self.dropout, h)
+            x = self.norm_cross(x) if post else x
+        # feed-forward
+        x = x + drop(self.dropout, self.ff(x if post else self.norm_ff(x)))
+        x = self.norm_ff(x) if post else x
+        return x, self_weights, cross_weights
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Reads the parameter names of older checkpoints too (RENAMED), so they still load."""
+        for old, new in RENAMED.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

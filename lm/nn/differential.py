@@ -24,11 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import KVCache, MultiHeadAttention, sdpa
+from ..config import ModelConfig
+from .attention import MultiHeadAttention, sdpa
 
 
 class DifferentialAttention(MultiHeadAttention):
-    """Drop-in replacement of MultiHeadAttention (same constructor, forward and return values).
+    """Drop-in replacement of MultiHeadAttention (same constructor, forward and return values): only the
+    attention step (_attend) and the grouping of the values (_value_heads) differ.
 
     A query with no allowed key (a fully masked row) gets all-zero weights and a zero head output,
     so its result is out_proj(0) = the output bias, in the SDPA and the explicit path alike.
@@ -37,13 +39,10 @@ class DifferentialAttention(MultiHeadAttention):
     explicit path drops A itself: the same in expectation, not the same distribution.
     """
 
-    def __init__(self, embedding_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 causal: bool = False, layer: int = 1, qk_norm: bool = False):
-        if num_heads % 2:
-            raise ValueError(f"attention 'differential' needs an even num_heads (two softmax maps per head), "
-                             f"got num_heads {num_heads}")
+    def __init__(self, cfg: ModelConfig, causal: bool = False, layer: int = 1):
+        assert cfg.num_heads % 2 == 0, "lm.config.validate checks that differential attention has an even num_heads"
         # the projections of standard attention; num_heads Q/K heads of width d, num_heads / 2 differential heads
-        super().__init__(embedding_dim, num_heads, dropout, bias, causal, qk_norm)
+        super().__init__(cfg, causal, layer)
         self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * (layer - 1))
         d = self.head_dim
         self.lambda_q1 = nn.Parameter(torch.randn(d) * 0.1)
@@ -61,38 +60,30 @@ class DifferentialAttention(MultiHeadAttention):
         return (torch.exp(torch.dot(self.lambda_q1, self.lambda_k1))
                 - torch.exp(torch.dot(self.lambda_q2, self.lambda_k2)) + self.lambda_init)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
-                key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_weights: bool = False, rope=None):
-        """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
-        rope: None or a callable rotating (B, heads, T, d) queries and keys (self-attention only).
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                causal: bool, return_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """head_i = (1 - lambda_init) RMSNorm(A_i V_i),
+        A_i = softmax(Q1 K1^T / sqrt(d)) - lambda softmax(Q2 K2^T / sqrt(d)).
 
-        Returns (y, weights): y is (B, T, C); weights is (B, h, T, T_k) when return_weights, else None.
+        q, k: (B, 2h, T or T_k, d), Q1/Q2 (K1/K2) interleaved; v: (B, h, T_k, 2d) (see _value_heads).
+        Returns (y (B, h, T, 2d), weights (B, h, T, T_k) or None); causal and the two paths as in
+        MultiHeadAttention._attend.
         """
-        B, T, C = x.shape
-        hs, h = self.head_dim, self.num_heads // 2
-        # q, k: (B, 2h, T or T_k, d), Q1/Q2 (K1/K2) interleaved; v: (B, h, T_k, 2d)
-        q, k, v, mask, causal = self._attention_inputs(x, context, key_padding_mask, attn_mask, cache, rope)
-        t_k = k.size(2)
+        B, _, T, _ = q.shape
+        h, t_k = self.num_heads // 2, k.size(2)
         lam = self.lambda_full().to(q.dtype)
         p = self.dropout if self.training else 0.0
-        q1, q2 = q[:, 0::2], q[:, 1::2]  # 2 x (B, h, T, d)
-        k1, k2 = k[:, 0::2], k[:, 1::2]  # 2 x (B, h, T_k, d)
         if self.use_sdpa and not return_weights:
-            if causal and T == t_k and key_padding_mask is None and attn_mask is None:
-                # plain causal square: let SDPA pick its fused causal kernel instead of reading a mask
-                y1 = sdpa(q1, k1, v, None, True, p, self.float32_on_cpu)  # (B, h, T, 2d)
-                y2 = sdpa(q2, k2, v, None, True, p, self.float32_on_cpu)  # (B, h, T, 2d)
-            else:
-                y1 = sdpa(q1, k1, v, mask, False, p, self.float32_on_cpu)  # (B, h, T, 2d)
-                y2 = sdpa(q2, k2, v, mask, False, p, self.float32_on_cpu)  # (B, h, T, 2d)
+            fused_mask = None if causal else mask
+            y1 = sdpa(q[:, 0::2], k[:, 0::2], v, fused_mask, causal, p, self.float32_on_cpu)  # (B, h, T, 2d)
+            y2 = sdpa(q[:, 1::2], k[:, 1::2], v, fused_mask, causal, p, self.float32_on_cpu)  # (B, h, T, 2d)
             y = y1 - lam * y2  # (B, h, T, 2d)
             if mask is not None:
                 # a row with no allowed key: SDPA may give NaN there; the explicit path gives 0
                 y = y.masked_fill(~mask.any(-1, keepdim=True), 0.0)
             weights = None
         else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, 2h, T, T_k)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, 2h, T, T_k)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
             a = F.softmax(scores, dim=-1).view(B, h, 2, T, t_k)  # (B, h, 2, T, T_k); NaN on a row with no key
@@ -100,6 +91,4 @@ class DifferentialAttention(MultiHeadAttention):
             if mask is not None:
                 weights = weights.masked_fill(~mask, 0.0)  # masked keys get exactly 0, fully masked rows too
             y = self.attn_dropout(weights) @ v  # (B, h, T, 2d)
-        y = self.subln(y) * (1 - self.lambda_init)  # (B, h, T, 2d); RMSNorm(0) = 0 keeps masked rows zero
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        return self.out_proj(y), (weights if return_weights else None)
+        return self.subln(y) * (1 - self.lambda_init), weights  # RMSNorm(0) = 0 keeps masked rows zero

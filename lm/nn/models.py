@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
-
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import Config, ModelConfig
 from .block import Block, LayerCache, drop, make_norm
 from .position import make_positional
 
@@ -75,7 +72,7 @@ class Embedder(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (> 0) before building a model")
         self.block_size = cfg.block_size
         self.tok = nn.Embedding(cfg.vocab_size, cfg.embedding_dim)
-        self.pos = make_positional(cfg.pos_encoding, cfg.block_size, cfg.embedding_dim, cfg.num_heads)
+        self.pos = make_positional(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start: int = 0, pos: torch.Tensor | None = None):
@@ -98,17 +95,14 @@ class Embedder(nn.Module):
 
 
 def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:
-    return nn.ModuleList(Block(cfg.embedding_dim, cfg.num_heads, cfg.dropout, cfg.bias, causal=causal,
-                               cross_attention=cross_attention, attention=cfg.attention,
-                               norm_placement=cfg.norm_placement, layer=layer, norm=cfg.norm, qk_norm=cfg.qk_norm,
-                               activation=cfg.activation)
-                         for layer in range(1, cfg.num_blocks + 1))
+    """num_blocks Blocks, numbered 1..L (layer: differential attention's lambda_init depends on the depth)."""
+    return nn.ModuleList(Block(cfg, causal, cross_attention, layer) for layer in range(1, cfg.num_blocks + 1))
 
 
 def _final_norm(cfg: ModelConfig) -> nn.Module:
     """The norm after the last block with pre-norm blocks; with post-norm the last block's output
     is already normalised, so nothing."""
-    return make_norm(cfg.norm, cfg.embedding_dim, cfg.bias) if cfg.norm_placement == "pre" else nn.Identity()
+    return make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
 
 
 def _head(cfg: ModelConfig, embed: nn.Embedding) -> nn.Linear:
@@ -117,39 +111,6 @@ def _head(cfg: ModelConfig, embed: nn.Embedding) -> nn.Linear:
     if cfg.tie_head:
         head.weight = embed.weight  # weight tying
     return head
-
-
-def token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-               label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = ()) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens that are not ignore_index (e.g. padding).
-
-    logits: (..., V), targets: (...). With label smoothing eps, each token's loss is the
-    cross-entropy against (1 - eps) on the target plus eps spread uniformly over the valid
-    output classes, those not in no_smooth_ids (e.g. PAD and BOS, never a right output):
-
-        loss = (1 - eps) * (-log p_y) + eps * mean_{c in valid} (-log p_c)
-
-    With no_smooth_ids empty every class is valid, and the result is exactly
-    F.cross_entropy(..., label_smoothing=eps).
-    """
-    V = logits.size(-1)
-    logits, targets = logits.reshape(-1, V).float(), targets.reshape(-1)  # (N, V), (N,)
-    if not no_smooth_ids or label_smoothing == 0.0:
-        return F.cross_entropy(logits, targets, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing {label_smoothing} is not allowed; it must be in [0, 1]")
-    bad = sorted({int(i) for i in no_smooth_ids if not 0 <= i < V})
-    if bad:
-        raise ValueError(f"no_smooth_ids {bad} are not classes; they must be in 0..{V - 1}")
-    valid = torch.ones(V, dtype=torch.bool, device=logits.device)
-    valid[list(no_smooth_ids)] = False
-    if not valid.any():
-        raise ValueError(f"no_smooth_ids {sorted(no_smooth_ids)} exclude every class; nothing is left to smooth onto")
-    real = targets != ignore_index  # (N,)
-    logp = F.log_softmax(logits[real], dim=-1)  # (n, V)
-    nll = -logp.gather(-1, targets[real][:, None])[:, 0]  # (n,)
-    smooth = -logp[:, valid].mean(dim=-1)  # (n,)
-    return ((1.0 - label_smoothing) * nll + label_smoothing * smooth).mean()
 
 
 class GPT(nn.Module):
@@ -173,30 +134,27 @@ class GPT(nn.Module):
         """An empty key/value cache, one entry per block, for incremental decoding."""
         return [LayerCache(self.cfg.block_size) for _ in self.blocks]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *,
-                cache: list[LayerCache] | None = None, last_only: bool = False,
+    def forward(self, idx: torch.Tensor, *, cache: list[LayerCache] | None = None, last_only: bool = False,
                 return_weights: bool = False, pos: torch.Tensor | None = None):
         """idx: (B, T) token ids. With a cache, idx holds only the new tokens and positions
         continue after the cached ones. pos: explicit positions of these tokens (default
         consecutive; see lm.nn.position).
 
-        Returns (logits, loss, attentions): logits (B, T, V) or (B, 1, V) with last_only; loss is the
-        mean cross-entropy against targets (B, T) or None; attentions is an AttentionMaps with
-        decoder_self when return_weights (the explicit attention path, slower), else None.
+        Returns (logits, attentions): logits (B, T, V) or (B, 1, V) with last_only; attentions is an
+        AttentionMaps with decoder_self when return_weights (the explicit attention path, slower), else
+        None. The loss is the job's (lm.jobs, with lm.nn.loss.token_loss).
         """
         start = len(cache[0].self_attn) if cache else 0
         x, rope = self.embed(idx, start, pos)  # (B, T, C)
         maps = AttentionMaps(decoder_self=[]) if return_weights else None
         for i, block in enumerate(self.blocks):
-            x, w = block(x, cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
+            x, self_weights, _ = block(x, cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
             if maps is not None:
-                maps.decoder_self.append(w["self"])
+                maps.decoder_self.append(self_weights)
         x = self.ln_f(x)
         if last_only:
             x = x[:, -1:]  # (B, 1, C)
-        logits = self.head(x)  # (B, T, V)
-        loss = token_loss(logits, targets) if targets is not None else None
-        return logits, loss, maps
+        return self.head(x), maps  # (B, T, V)
 
     def num_params(self) -> int:
         """Trainable parameters (the tied head counted once)."""
@@ -242,10 +200,10 @@ class Encoder(nn.Module):
         x, rope = self.embed(src, 0, pos)
         maps = AttentionMaps(encoder_self=[]) if return_weights else None
         for block in self.blocks:
-            x, w = block(x, padding_mask=padding_mask, attn_mask=attn_mask, return_weights=return_weights,
-                         rope=rope)
+            x, self_weights, _ = block(x, padding_mask=padding_mask, attn_mask=attn_mask,
+                                       return_weights=return_weights, rope=rope)
             if maps is not None:
-                maps.encoder_self.append(w["self"])
+                maps.encoder_self.append(self_weights)
         return self.ln_f(x), maps
 
 
@@ -286,37 +244,30 @@ class EncoderDecoder(nn.Module):
         x, rope = self.tgt_embed(tgt, start, pos)
         maps = AttentionMaps(decoder_self=[], cross=[]) if return_weights else None
         for i, block in enumerate(self.blocks):
-            x, w = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
-                         cache=cache[i] if cache else None, return_weights=return_weights, rope=rope)
+            x, self_weights, cross_weights = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
+                                                   cache=cache[i] if cache else None,
+                                                   return_weights=return_weights, rope=rope)
             if maps is not None:
-                maps.decoder_self.append(w["self"])
-                maps.cross.append(w["cross"])
+                maps.decoder_self.append(self_weights)
+                maps.cross.append(cross_weights)
         return self.head(self.ln_f(x)), maps
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None,
-                tgt_mask: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
-                pad_id: int = -100, label_smoothing: float = 0.0, no_smooth_ids: Sequence[int] = (),
-                src_pos: torch.Tensor | None = None, tgt_pos: torch.Tensor | None = None,
-                return_weights: bool = False):
-        """Teacher forcing: tgt (B, T) is the decoder input (BOS + target), targets (B, T) the expected
-        output (target + EOS), padded with pad_id, which the loss ignores. src_pos, tgt_pos: positions
-        of source and decoder input (default consecutive from 0).
+                tgt_mask: torch.Tensor | None = None, *, src_pos: torch.Tensor | None = None,
+                tgt_pos: torch.Tensor | None = None, return_weights: bool = False):
+        """Teacher forcing: tgt (B, T) is the decoder input (BOS + target); src_mask, tgt_mask: (B, S),
+        (B, T) True at real tokens. src_pos, tgt_pos: positions of source and decoder input (default
+        consecutive from 0).
 
-        Returns (logits, loss, attentions), as GPT does: attentions is an AttentionMaps with all three
-        kinds (encoder_self, decoder_self, cross) when return_weights, else None.
-
-        Label smoothing spreads its mass only over valid outputs (see token_loss): every class but
-        no_smooth_ids (e.g. PAD and BOS, which are never a right output; the seq2seq job passes them).
+        Returns (logits (B, T, V), attentions), as GPT does: attentions is an AttentionMaps with all three
+        kinds (encoder_self, decoder_self, cross) when return_weights, else None. The loss against the
+        expected output (target + EOS) is the job's (lm.jobs.Seq2SeqJob.loss).
         """
         memory, enc_maps = self.encoder(src, src_mask, pos=src_pos, return_weights=return_weights)  # (B, S, C)
         logits, maps = self.decode(tgt, memory, src_mask, tgt_mask, pos=tgt_pos, return_weights=return_weights)
         if maps is not None:
             maps.encoder_self = enc_maps.encoder_self
-        loss = None
-        if targets is not None:
-            loss = token_loss(logits, targets, ignore_index=pad_id, label_smoothing=label_smoothing,
-                              no_smooth_ids=no_smooth_ids)
-        return logits, loss, maps
+        return logits, maps
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -331,3 +282,8 @@ class EncoderDecoder(nn.Module):
         n = self.num_params() - sum(p.numel() for p in embeds.values()) - untied
         return (6 * n + 6 * 3 * c.num_blocks * c.block_size * c.embedding_dim
                 + 6 * c.embedding_dim * c.vocab_size)
+
+
+def make_model(cfg: Config) -> nn.Module:
+    """The model a config describes: GPT for task lm, EncoderDecoder for the seq2seq tasks."""
+    return GPT(cfg.model) if cfg.data.task == "lm" else EncoderDecoder(cfg.model)

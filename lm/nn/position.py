@@ -27,6 +27,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ..config import ModelConfig
+
 
 class Rotation:
     """RoPE (Su et al. 2021) for one set of positions: rotate feature pair (i, i + d/2) of every
@@ -62,6 +64,18 @@ def _sinusoids(pos: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return pe.flatten(-2)  # (..., T, width): sin, cos interleaved
 
 
+def _check_range(values: torch.Tensor, low: int, high: int, message: str) -> None:
+    """Raise ValueError(message) unless every value is in low..high. On the CPU at once; on an accelerator
+    without waiting for it (torch._assert_async fails a later synchronising call instead), so that the
+    forward pass never stalls on the check."""
+    if not values.numel():
+        return
+    if values.device.type != "cpu":
+        torch._assert_async(((values >= low) & (values <= high)).all(), message)
+    elif int(values.min()) < low or int(values.max()) > high:
+        raise ValueError(f"{message}; got {int(values.min())}..{int(values.max())}")
+
+
 class Positional(nn.Module):
     """Base class: a positional encoding that adds nothing and rotates nothing."""
 
@@ -72,17 +86,17 @@ class Positional(nn.Module):
     lowest = 0  # the smallest valid position value
     token_scale = 1.0  # the token embeddings are multiplied by this before the positions are added
 
-    def __init__(self, block_size: int):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.block_size = block_size  # every position must be in 0..block_size-1
+        self.block_size = cfg.block_size  # every position must be in 0..block_size-1
 
     def consecutive(self, start: int, length: int, device=None) -> torch.Tensor:
         """Default positions start..start+length-1, shape (T,)."""
         return torch.arange(start, start + length, device=device)
 
     def check(self, pos: torch.Tensor, length: int) -> None:
-        """Raise ValueError unless pos holds positions for `length` tokens in this encoding's layout,
-        each in 0..block_size-1."""
+        """Raise ValueError unless pos holds positions for `length` tokens in this encoding's layout, each
+        in 0..block_size-1 (see _check_range)."""
         if pos.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"positions must be an integer tensor, got {pos.dtype}")
         if self.channels == 1:
@@ -93,9 +107,8 @@ class Positional(nn.Module):
         if not shape_ok:
             raise ValueError(f"positions of shape {tuple(pos.shape)} do not fit {length} tokens; "
                              f"pos_encoding {self.name!r} takes {layout}")
-        if pos.numel() and (int(pos.max()) >= self.block_size or int(pos.min()) < self.lowest):
-            raise ValueError(f"positions must be in 0..{self.block_size - 1} (block_size); got "
-                             f"{int(pos.min())}..{int(pos.max())}")
+        top = self.block_size - 1
+        _check_range(pos, self.lowest, top, f"positions must be in 0..{top} (block_size)")
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -114,9 +127,9 @@ class LearnedPositional(Positional):
 
     name = "learned"
 
-    def __init__(self, block_size: int, embedding_dim: int):
-        super().__init__(block_size)
-        self.weight = nn.Parameter(torch.zeros(block_size, embedding_dim))
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.weight = nn.Parameter(torch.zeros(cfg.block_size, cfg.embedding_dim))
         nn.init.normal_(self.weight, mean=0.0, std=0.02)
 
     def forward(self, pos):
@@ -138,12 +151,11 @@ class SinusoidalPositional(Positional):
 
     name = "sinusoidal"
 
-    def __init__(self, block_size: int, embedding_dim: int):
-        super().__init__(block_size)
-        if embedding_dim % 2:
-            raise ValueError(f"pos_encoding 'sinusoidal' needs an even embedding_dim, got {embedding_dim}")
-        self.register_buffer("theta", _frequencies(embedding_dim // 2), persistent=False)  # (C/2,)
-        self.token_scale = math.sqrt(embedding_dim)
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        assert cfg.embedding_dim % 2 == 0, "lm.config.validate checks the width"
+        self.register_buffer("theta", _frequencies(cfg.embedding_dim // 2), persistent=False)  # (C/2,)
+        self.token_scale = math.sqrt(cfg.embedding_dim)
 
     def forward(self, pos):
         return _sinusoids(pos, self.theta)  # (..., T, C)
@@ -155,10 +167,10 @@ class RotaryPositional(Positional):
 
     name = "rope"
 
-    def __init__(self, block_size: int, embedding_dim: int, head_dim: int):
-        super().__init__(block_size)
-        if head_dim % 2:
-            raise ValueError(f"pos_encoding 'rope' needs an even head width (embedding_dim / num_heads), got {head_dim}")
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        head_dim = cfg.embedding_dim // cfg.num_heads
+        assert head_dim % 2 == 0, "lm.config.validate checks the head width"
         self.register_buffer("theta", _frequencies(head_dim // 2), persistent=False)  # (d/2,)
 
     def rotation(self, pos):
@@ -183,12 +195,11 @@ class Learned2DPositional(GridPositional):
 
     name = "learned_2d"
 
-    def __init__(self, block_size: int, embedding_dim: int):
-        super().__init__(block_size)
-        if embedding_dim % 2:
-            raise ValueError(f"pos_encoding 'learned_2d' needs an even embedding_dim, got {embedding_dim}")
-        self.row = nn.Parameter(torch.zeros(block_size, embedding_dim // 2))
-        self.col = nn.Parameter(torch.zeros(block_size, embedding_dim // 2))
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        assert cfg.embedding_dim % 2 == 0, "lm.config.validate checks the width"
+        self.row = nn.Parameter(torch.zeros(cfg.block_size, cfg.embedding_dim // 2))
+        self.col = nn.Parameter(torch.zeros(cfg.block_size, cfg.embedding_dim // 2))
         nn.init.normal_(self.row, mean=0.0, std=0.02)
         nn.init.normal_(self.col, mean=0.0, std=0.02)
 
@@ -202,12 +213,11 @@ class Sinusoidal2DPositional(GridPositional):
 
     name = "sinusoidal_2d"
 
-    def __init__(self, block_size: int, embedding_dim: int):
-        super().__init__(block_size)
-        if embedding_dim % 4:
-            raise ValueError(f"pos_encoding 'sinusoidal_2d' needs embedding_dim divisible by 4, got {embedding_dim}")
-        self.register_buffer("theta", _frequencies(embedding_dim // 4), persistent=False)  # (C/4,) per axis
-        self.token_scale = math.sqrt(embedding_dim)
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        assert cfg.embedding_dim % 4 == 0, "lm.config.validate checks the width"
+        self.register_buffer("theta", _frequencies(cfg.embedding_dim // 4), persistent=False)  # (C/4,) per axis
+        self.token_scale = math.sqrt(cfg.embedding_dim)
 
     def forward(self, pos):
         return torch.cat([_sinusoids(pos[..., 0], self.theta), _sinusoids(pos[..., 1], self.theta)], dim=-1)
@@ -220,11 +230,10 @@ class Rotary2DPositional(GridPositional):
 
     name = "rope_2d"
 
-    def __init__(self, block_size: int, embedding_dim: int, head_dim: int):
-        super().__init__(block_size)
-        if head_dim % 4:
-            raise ValueError(f"pos_encoding 'rope_2d' needs a head width (embedding_dim / num_heads) divisible by 4, "
-                             f"got {head_dim}")
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        head_dim = cfg.embedding_dim // cfg.num_heads
+        assert head_dim % 4 == 0, "lm.config.validate checks the head width"
         self.register_buffer("theta", _frequencies(head_dim // 4), persistent=False)  # (d/4,)
 
     def rotation(self, pos):
@@ -251,12 +260,12 @@ class RandomizedPositional(Positional):
     name = "randomized"
     channels = 2
     pair_meaning = "of (from the start, from the end or -1)"
-    lowest = -1  # the end channel may be -1 (not given); the start channel is checked in forward
+    lowest = -1  # the end channel may be -1 (not given); the start channel is checked in check
 
-    def __init__(self, block_size: int, embedding_dim: int):
-        super().__init__(block_size)
-        self.start = nn.Parameter(torch.zeros(block_size, embedding_dim))
-        self.end = nn.Parameter(torch.zeros(block_size, embedding_dim))
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.start = nn.Parameter(torch.zeros(cfg.block_size, cfg.embedding_dim))
+        self.end = nn.Parameter(torch.zeros(cfg.block_size, cfg.embedding_dim))
         nn.init.normal_(self.start, mean=0.0, std=0.02)
         nn.init.normal_(self.end, mean=0.0, std=0.02)
 
@@ -266,8 +275,7 @@ class RandomizedPositional(Positional):
 
     def check(self, pos, length):
         super().check(pos, length)
-        if pos.numel() and int(pos[..., 0].min()) < 0:
-            raise ValueError(f"positions counted from the start must be >= 0; got {int(pos[..., 0].min())}")
+        _check_range(pos[..., 0], 0, self.block_size - 1, "positions counted from the start must be >= 0")
 
     def forward(self, pos):
         end = pos[..., 1]  # (..., T)
@@ -275,19 +283,15 @@ class RandomizedPositional(Positional):
         return self.start[pos[..., 0]] + from_end
 
 
+# name -> class(cfg); the names are ModelConfig.pos_encoding's Literal (a test ties them, and the classes
+# with grid = True to lm.config.GRID_ENCODINGS)
 POSITIONAL = {"learned": LearnedPositional, "sinusoidal": SinusoidalPositional, "rope": RotaryPositional,
-              "none": Positional, "learned_2d": Learned2DPositional, "sinusoidal_2d": Sinusoidal2DPositional,
-              "rope_2d": Rotary2DPositional, "randomized": RandomizedPositional}
-GRID_ENCODINGS = tuple(name for name, cls in POSITIONAL.items() if cls.grid)
+              "none": Positional, "randomized": RandomizedPositional, "learned_2d": Learned2DPositional,
+              "sinusoidal_2d": Sinusoidal2DPositional, "rope_2d": Rotary2DPositional}
 
 
-def make_positional(name: str, block_size: int, embedding_dim: int, num_heads: int = 1) -> Positional:
-    """Build a positional encoding by name; raises ValueError listing the valid names."""
-    if name not in POSITIONAL:
-        raise ValueError(f"unknown pos_encoding {name!r}; choose one of: {', '.join(POSITIONAL)}")
-    cls = POSITIONAL[name]
-    if cls is Positional:
-        return cls(block_size)
-    if cls in (RotaryPositional, Rotary2DPositional):
-        return cls(block_size, embedding_dim, embedding_dim // num_heads)
-    return cls(block_size, embedding_dim)
+def make_positional(cfg: ModelConfig) -> Positional:
+    """The positional encoding named by cfg.pos_encoding; raises ValueError listing the valid names."""
+    if cfg.pos_encoding not in POSITIONAL:
+        raise ValueError(f"unknown pos_encoding {cfg.pos_encoding!r}; choose one of: {', '.join(POSITIONAL)}")
+    return POSITIONAL[cfg.pos_encoding](cfg)
