@@ -89,11 +89,11 @@ def load_config(args: Args) -> tuple[config.Config, ResumePoint | None]:
         return config.load(args.config, args.overrides), None
     if args.config is not None:
         cfg = config.load(args.config, args.overrides)
-        return cfg, checkpoint.resume_point(args.resume, cfg.train.out_dir, args.overwrite)
+        return cfg, checkpoint.resume_point(args.resume, cfg.train.out_dir)
     # --resume alone continues the run in out_dir: the one the overrides name, or the default
     out_dir = (config.override_value(args.overrides, "out_dir", config.TrainConfig().out_dir)
                if args.resume is True else None)
-    point = checkpoint.resume_point(args.resume, out_dir, args.overwrite)
+    point = checkpoint.resume_point(args.resume, out_dir)
     cfg = config.build(point.ckpt["config"], [config.parse_override(o) for o in args.overrides],
                        source="checkpoint config + overrides")
     return cfg, point

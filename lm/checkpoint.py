@@ -30,8 +30,9 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, from_dict
 from .files import write_atomic
+from .jobs import vocab_from_state
 from .nn import make_model
 
 FORMAT_VERSION = 1
@@ -157,14 +158,10 @@ def load_latest(path: str | Path) -> ResumePoint:
 
 # ----------------------------------------------------------------------------- resuming
 
-def resume_point(resume: bool | str | Path | None, out_dir: str | Path | None,
-                 overwrite: bool = False) -> ResumePoint | None:
+def resume_point(resume: bool | str | Path | None, out_dir: str | Path | None) -> ResumePoint | None:
     """The checkpoint that a script's --resume asks for, read once (see load_latest): None for no resume
     (False or None), out_dir's (True: continue the run there), or that of a checkpoint file or run
-    directory (a path: continue it, writing to the run's out_dir). Continuing the run in out_dir and
-    replacing it (overwrite) contradict each other: refused."""
-    if resume is True and overwrite:
-        raise ConfigError("resume (continue the run in out_dir) and overwrite (replace it) contradict each other")
+    directory (a path: continue it, writing to the run's out_dir)."""
     if resume is True:
         return load_latest(out_dir)
     return load_latest(resume) if resume else None
@@ -254,9 +251,6 @@ def load_model(path: str | Path, device="cpu"):
 
     vocab is the tokenizer (task lm: lm.data.tokenizer.tokenizer_from_state) or the Task (seq2seq tasks).
     """
-    from .config import from_dict
-    from .jobs import vocab_from_state
-
     ckpt = load(path, map_location=device)
     cfg = from_dict(ckpt["config"])
     model = make_model(cfg)

@@ -195,7 +195,6 @@ for _section, _cls in _SECTION_CLASSES.items():
         FIELD_SECTION[_f.name] = _section
 
 
-
 def choices(cls, name: str) -> tuple[str, ...]:
     """The allowed values of a Literal field, e.g. choices(ModelConfig, "attention")."""
     return typing.get_args(typing.get_type_hints(cls)[name])
@@ -431,12 +430,12 @@ def from_dict(d: dict) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Raise ConfigError for any impossible value, naming the key, the value and what is allowed: first the
-    named choices (from the Literal types), then each section's ranges and the rules between settings."""
-    _check_choices(cfg)
+    """Raise ConfigError for any impossible value, naming the key, the value and what is allowed. A named
+    choice (a Literal field) is checked against its type (_choice), each where its rules begin."""
     _validate_data(cfg)
     _validate_model(cfg)
     _validate_train(cfg)
+    _check_choices(cfg)  # any Literal field not checked above
 
 
 def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -444,54 +443,56 @@ def _need(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}: {value!r} is not allowed; {allowed}")
 
 
+def _choice(section: Any, name: str) -> None:
+    """The Literal field section.name holds one of its names."""
+    value, allowed = getattr(section, name), choices(type(section), name)
+    _need(value in allowed, name, value, f"choose one of: {', '.join(allowed)}")
+
+
 def _check_choices(cfg: Config) -> None:
     """Every Literal field holds one of its names."""
     for section in (cfg.data, cfg.model, cfg.train):
         for name, tp in _field_types(type(section)).items():
             if typing.get_origin(tp) is Literal:
-                value, allowed = getattr(section, name), typing.get_args(tp)
-                _need(value in allowed, name, value, f"choose one of: {', '.join(allowed)}")
+                _choice(section, name)
 
 
 def _validate_data(cfg: Config) -> None:
-    d, m, t = cfg.data, cfg.model, cfg.train
+    d, t = cfg.data, cfg.train
     _need(bool(d.data_path.strip()), "data_path", d.data_path,
           "give a UTF-8 text file, a directory of them or a glob pattern")
     _need(d.tokenizer_sample > 0, "tokenizer_sample", d.tokenizer_sample, "it must be a positive number of characters")
     _need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
     _need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
+    _choice(d, "task")
     if d.task != "lm":
         _need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
         _need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
-             "for task add it is the number base, 2..10")
+              "for task add it is the number base, 2..10")
         _need(d.task != "grid" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
-             "for task grid it is the number of colours, 2..10 (each written as one digit)")
+              "for task grid it is the number of colours, 2..10 (each written as one digit)")
         _need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1")
         _need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
         _need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
-             f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
+              f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
         _need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
         _need(t.epochs is None, "epochs", t.epochs,
-             "generated tasks have no fixed data to pass over; set max_iters or max_time instead (epochs: null)")
+              "generated tasks have no fixed data to pass over; set max_iters or max_time instead (epochs: null)")
         _need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
-             "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
-    _need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
-          f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
-    _need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
-          "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
-          "e.g. --vocab_size=1024")
-    _need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
-          f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
+              "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
+    _choice(d, "grid_op")
 
 
 def _validate_model(cfg: Config) -> None:
-    """Sizes, and the shape rules of each variant (checked here only; lm.nn asserts them)."""
+    """Sizes, the shape rules of each variant (checked here only; lm.nn asserts them), and the vocabulary:
+    its size and the tokenizer that sets it."""
     d, m = cfg.data, cfg.model
     for key in ("block_size", "num_blocks", "num_heads", "embedding_dim"):
         _need(getattr(m, key) > 0, key, getattr(m, key), "it must be a positive integer")
     _need(m.embedding_dim % m.num_heads == 0, "embedding_dim", m.embedding_dim,
           f"it must be divisible by num_heads ({m.num_heads})")
     _need(0.0 <= m.dropout < 1.0, "dropout", m.dropout, "it must be in [0, 1)")
+    _choice(m, "pos_encoding")
     _need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
           f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
           f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
@@ -510,9 +511,21 @@ def _validate_model(cfg: Config) -> None:
           m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
     _need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
           "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
+    _choice(m, "attention")
     _need(m.attention != "differential" or m.num_heads % 2 == 0, "num_heads", m.num_heads,
           "attention differential pairs heads (num_heads / 2 differential heads): it must be even")
+    _choice(m, "norm_placement")
     _need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
+    _choice(d, "tokenizer")
+    _need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
+          f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
+    _need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
+          "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
+          "e.g. --vocab_size=1024")
+    _need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
+          f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
+    _choice(m, "norm")
+    _choice(m, "activation")
 
 
 def _validate_train(cfg: Config) -> None:
@@ -529,7 +542,9 @@ def _validate_train(cfg: Config) -> None:
     _need(t.lr_decay_iters is None or t.lr_decay_iters > 0, "lr_decay_iters", t.lr_decay_iters,
           "it must be > 0 (or null for the run's last step)")
     _need(t.warmup_iters >= 0, "warmup_iters", t.warmup_iters, "it must be >= 0")
+    _choice(t, "lr_schedule")
     _need(0 < t.decay_fraction <= 1, "decay_fraction", t.decay_fraction, "it must be in (0, 1]")
+    _choice(t, "optimizer")
     _need(t.muon_lr > 0, "muon_lr", t.muon_lr, "it must be > 0")
     _need(t.lr_schedule != "noam" or t.warmup_iters > 0, "warmup_iters", t.warmup_iters,
           "lr_schedule noam needs warmup_iters > 0")
@@ -549,6 +564,7 @@ def _validate_train(cfg: Config) -> None:
     _need(0 <= t.beta1 < 1, "beta1", t.beta1, "it must be in [0, 1)")
     _need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")
     _need(t.grad_clip >= 0, "grad_clip", t.grad_clip, "it must be >= 0 (0 = no clipping)")
+    _choice(t, "dtype")
     dev = t.device
     ok_dev = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
     _need(ok_dev, "device", dev, f"choose one of: {DEVICES}")

@@ -83,8 +83,7 @@ def test_missing_and_foreign_files(tmp_path):
 
 
 def test_resume_point_reads_what_resume_asks_for(tmp_path):
-    """resume_point: None for no resume, out_dir's checkpoint for True, a path's own for a path; continuing
-    the run in out_dir and replacing it (overwrite) is refused."""
+    """resume_point: None for no resume, out_dir's checkpoint for True, a path's own for a path."""
     run = tmp_path / "run"
     run.mkdir()
     checkpoint.save(run / "last.pt", {"model": {}, "config": Config().to_dict(), "step": 3})
@@ -92,9 +91,7 @@ def test_resume_point_reads_what_resume_asks_for(tmp_path):
     point = checkpoint.resume_point(True, run)
     assert (point.path, point.source, point.ckpt["step"]) == (run / "last.pt", run, 3)
     assert checkpoint.resume_point(str(run / "last.pt"), None).path == run / "last.pt"
-    assert checkpoint.resume_point(run, tmp_path / "elsewhere", overwrite=True).source == run
-    with pytest.raises(ConfigError, match="contradict"):
-        checkpoint.resume_point(True, run, overwrite=True)
+    assert checkpoint.resume_point(run, tmp_path / "elsewhere").source == run
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         checkpoint.resume_point(True, tmp_path / "none")
 

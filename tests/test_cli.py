@@ -114,6 +114,7 @@ def test_offline_default_corpus_falls_back_loudly(tmp_path):
     (["--colour=red"], ["unknown key 'colour'"]),
     (["--data_path=/nonexistent/corpus.txt"], ["/nonexistent/corpus.txt", "does not exist"]),
     (["--resume"], ["no checkpoint to resume from", "does not exist"]),
+    (["--resume", "--overwrite"], ["--resume (continue the run in out_dir) and --overwrite (replace it) contradict"]),
 ])
 @pytest.mark.slow
 def test_train_errors_are_clear_and_early(tmp_path, tiny_config, args, needles):

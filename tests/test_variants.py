@@ -31,7 +31,7 @@ from lm.generate import beam_search, generate, greedy_decode
 from lm.jobs import collate
 from lm.data.layout import positions
 from lm.nn import GPT, Encoder, EncoderDecoder, token_loss
-from lm.nn.block import ACTIVATIONS, ATTENTION, NORMS as NORM_LAYERS, Block, make_attention
+from lm.nn.block import ACTIVATIONS, ATTENTION, NORM_PLACEMENTS, NORMS as NORM_LAYERS, Block, make_attention
 from lm.nn.position import POSITIONAL, Rotary2DPositional, RotaryPositional, make_positional
 from lm.optim import Muon, Optimizers, muon_parameters
 from lm.data.tasks import BOS, EOS, PAD, CopyTask, GridTask, ReverseTask, make_task
@@ -109,11 +109,12 @@ def test_parametrisation_covers_every_name():
     assert set(POS_1D + POS_2D) == set(config.POS_ENCODINGS) == set(POSITIONAL)
     assert set(POS_2D) == set(config.GRID_ENCODINGS)
     assert set(ATTENTIONS) == set(config.ATTENTIONS) == set(ATTENTION)
-    assert set(NORMS) == set(config.NORM_PLACEMENTS)
+    assert set(NORMS) == set(config.NORM_PLACEMENTS) == set(NORM_PLACEMENTS)
 
 
 @pytest.mark.parametrize("field,registry", [
     ("pos_encoding", POSITIONAL), ("attention", ATTENTION), ("norm", NORM_LAYERS), ("activation", ACTIVATIONS),
+    ("norm_placement", NORM_PLACEMENTS),
 ])
 def test_every_named_setting_has_its_registry(field, registry):
     """A Literal of ModelConfig and the registry that builds its names list the same names, in the same order."""
@@ -581,6 +582,9 @@ def test_unknown_names_are_refused_listing_the_valid_ones(key, bad, valid):
     (lambda n: make_attention(ModelConfig(embedding_dim=16, num_heads=2, attention=n)), "attention", ATTENTION),
     (lambda n: Block(ModelConfig(embedding_dim=16, num_heads=2, norm=n)), "norm", NORM_LAYERS),
     (lambda n: Block(ModelConfig(embedding_dim=16, num_heads=2, activation=n)), "activation", ACTIVATIONS),
+    (lambda n: Block(ModelConfig(embedding_dim=16, num_heads=2, norm_placement=n)), "norm_placement", NORM_PLACEMENTS),
+    (lambda n: GPT(ModelConfig(embedding_dim=16, num_heads=2, vocab_size=5, norm_placement=n)), "norm_placement",
+     NORM_PLACEMENTS),
 ])
 def test_builders_refuse_unknown_names(maker, name, valid):
     with pytest.raises(ValueError, match=f"unknown {name} 'nope'; choose one of: {', '.join(valid)}"):

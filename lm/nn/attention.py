@@ -128,6 +128,9 @@ class MultiHeadAttention(nn.Module):
     A query with no allowed key (a fully masked row) gets all-zero attention weights and a zero
     head output, so its result is out_proj(0) = the output bias; the SDPA and the explicit path
     agree on this (softmax over no keys would otherwise be 0/0 = NaN).
+
+    causal: a decoder's self-attention. layer: the block's depth, unused here (every attention of the
+    registry, lm.nn.block.ATTENTION, takes the same arguments; DifferentialAttention needs it).
     """
 
     def __init__(self, cfg: ModelConfig, causal: bool = False, layer: int = 1):

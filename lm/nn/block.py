@@ -15,7 +15,7 @@ from .differential import DifferentialAttention
 ATTENTION = {"standard": MultiHeadAttention, "differential": DifferentialAttention}
 
 
-def _registered(registry: dict, key: str, name: str):
+def registered(registry: dict, key: str, name: str):
     """registry[name], or a ValueError listing the valid names."""
     if name not in registry:
         raise ValueError(f"unknown {key} {name!r}; choose one of: {', '.join(registry)}")
@@ -25,7 +25,7 @@ def _registered(registry: dict, key: str, name: str):
 def make_attention(cfg: ModelConfig, causal: bool = False, layer: int = 1) -> MultiHeadAttention:
     """The attention module named by cfg.attention. causal: a decoder's self-attention; layer: the
     block's depth, 1..L (differential attention's lambda_init depends on it)."""
-    return _registered(ATTENTION, "attention", cfg.attention)(cfg, causal, layer)
+    return registered(ATTENTION, "attention", cfg.attention)(cfg, causal, layer)
 
 
 class ReLUSquared(nn.Module):
@@ -49,11 +49,13 @@ def _rms_norm(dim: int, bias: bool) -> nn.Module:
 
 
 NORMS = {"layernorm": _layer_norm, "rmsnorm": _rms_norm}  # name -> fn(dim, bias); ModelConfig.norm's names
+# where a block's norms sit (see Block); ModelConfig.norm_placement's names. No classes: Block.forward has both
+NORM_PLACEMENTS = {"pre": "x + Sublayer(LN(x))", "post": "LN(x + Sublayer(x))"}
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     """The normalisation layer named by cfg.norm, over the embedding width."""
-    return _registered(NORMS, "norm", cfg.norm)(cfg.embedding_dim, cfg.bias)
+    return registered(NORMS, "norm", cfg.norm)(cfg.embedding_dim, cfg.bias)
 
 
 class FeedForward(nn.Module):
@@ -64,7 +66,7 @@ class FeedForward(nn.Module):
         super().__init__()
         C = cfg.embedding_dim
         self.fc = nn.Linear(C, 4 * C, bias=cfg.bias)
-        self.act = _registered(ACTIVATIONS, "activation", cfg.activation)()
+        self.act = registered(ACTIVATIONS, "activation", cfg.activation)()
         self.proj = nn.Linear(4 * C, C, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,6 +109,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, causal: bool = False, cross_attention: bool = False, layer: int = 1):
         super().__init__()
+        registered(NORM_PLACEMENTS, "norm_placement", cfg.norm_placement)
         self.post_norm = cfg.norm_placement == "post"
         self.self_attn, self.norm_self = make_attention(cfg, causal, layer), make_norm(cfg)
         self.cross_attn = make_attention(cfg, False, layer) if cross_attention else None

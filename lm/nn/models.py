@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+
 import torch
 import torch.nn as nn
 
 from ..config import Config, ModelConfig
-from .block import Block, LayerCache, drop, make_norm
+from .block import NORM_PLACEMENTS, Block, LayerCache, registered, drop, make_norm
 from .position import make_positional
 
 
@@ -102,6 +103,7 @@ def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleLi
 def _final_norm(cfg: ModelConfig) -> nn.Module:
     """The norm after the last block with pre-norm blocks; with post-norm the last block's output
     is already normalised, so nothing."""
+    registered(NORM_PLACEMENTS, "norm_placement", cfg.norm_placement)
     return make_norm(cfg) if cfg.norm_placement == "pre" else nn.Identity()
 
 

@@ -65,12 +65,13 @@ def _sinusoids(pos: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 
 def _check_range(values: torch.Tensor, low: int, high: int, message: str) -> None:
-    """Raise ValueError(message) unless every value is in low..high. On the CPU at once; on an accelerator
-    without waiting for it (torch._assert_async fails a later synchronising call instead), so that the
-    forward pass never stalls on the check."""
+    """Every value in low..high, or an error naming message. On a GPU (CUDA) without waiting for it, so the
+    forward pass never stalls on the check: torch._assert_async fails a later synchronising call (a device-side
+    assert, which ends the process's CUDA use). Elsewhere (CPU, mps) a ValueError at once: reading a host
+    tensor costs no device sync."""
     if not values.numel():
         return
-    if values.device.type != "cpu":
+    if values.device.type == "cuda":
         torch._assert_async(((values >= low) & (values <= high)).all(), message)
     elif int(values.min()) < low or int(values.max()) > high:
         raise ValueError(f"{message}; got {int(values.min())}..{int(values.max())}")
@@ -95,8 +96,8 @@ class Positional(nn.Module):
         return torch.arange(start, start + length, device=device)
 
     def check(self, pos: torch.Tensor, length: int) -> None:
-        """Raise ValueError unless pos holds positions for `length` tokens in this encoding's layout, each
-        in 0..block_size-1 (see _check_range)."""
+        """Raise ValueError unless pos holds positions for `length` tokens in this encoding's layout; each
+        must be in 0..block_size-1 (_check_range: a ValueError, or on a GPU a device-side assert)."""
         if pos.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"positions must be an integer tensor, got {pos.dtype}")
         if self.channels == 1:
