@@ -125,13 +125,6 @@ def collect() -> dict:
             if not (kind != "encoder_decoder" and "share_embeddings" in settings)}
 
 
-def renamed(key: str, renames: dict[str, str]) -> str:
-    """A parameter name with each renamed part (e.g. "res_self.norm." -> "norm_self.") replaced."""
-    for old, new in renames.items():
-        key = key.replace(old, new)
-    return key
-
-
 def compare(saved: dict, now: dict, rename: dict[str, str]) -> list[str]:
     """Every difference, bit for bit, between two collections (old parameter names mapped by rename)."""
     problems = []
@@ -170,12 +163,12 @@ def main() -> int:
         print(f"saved {len(now)} cases to {args.save}")
     if args.check:
         try:  # the parameter names that changed since the saved commit, if this checkout records any
-            from lm.nn.block import RENAMED
+            from lm.nn.block import current_name
         except ImportError:
-            RENAMED = {}
+            current_name = str
         saved = torch.load(args.check, weights_only=True)
         names = {k for case in saved.values() for k in case["params"]}
-        problems = compare(saved, now, {k: renamed(k, RENAMED) for k in names})
+        problems = compare(saved, now, {k: current_name(k) for k in names})
         for line in problems:
             print(line)
         print(f"{len(now)} cases: " + ("all the same, bit for bit" if not problems else f"{len(problems)} differences"))

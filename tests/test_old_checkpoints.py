@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT
 from helpers import cli, metrics
 from lm.checkpoint import load, load_model
-from lm.nn.block import RENAMED
+from lm.nn.block import RENAMED, current_name
 
 OLD = ROOT / "tests" / "fixtures" / "d241b62"
 
@@ -30,11 +30,7 @@ def test_an_old_checkpoint_loads_with_its_weights_and_logits(name):
     assert any(old in key for key in saved for old in RENAMED)  # written under the old parameter names
     model, _, cfg = load_model(path, torch.device("cpu"))
     state = model.state_dict()
-    renamed = {}
-    for key, value in saved.items():
-        for old, new in RENAMED.items():
-            key = key.replace(old, new)
-        renamed[key] = value
+    renamed = {current_name(key): value for key, value in saved.items()}
     assert state.keys() == renamed.keys()
     assert all(torch.equal(state[k], renamed[k]) for k in state)
     threads = torch.get_num_threads()

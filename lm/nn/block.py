@@ -95,6 +95,13 @@ def drop(dropout: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
 RENAMED = {"res_self.norm.": "norm_self.", "res_cross.norm.": "norm_cross.", "res_ff.norm.": "norm_ff."}
 
 
+def current_name(key: str) -> str:
+    """A parameter name of an older checkpoint as this code names it (each RENAMED part replaced)."""
+    for old, new in RENAMED.items():
+        key = key.replace(old, new)
+    return key
+
+
 class Block(nn.Module):
     """Self-attention, optional cross-attention and a feed-forward network, each in a residual
     connection with its norm placed by cfg.norm_placement:
@@ -153,8 +160,9 @@ class Block(nn.Module):
         return x, self_weights, cross_weights
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        """Reads the parameter names of older checkpoints too (RENAMED), so they still load."""
-        for old, new in RENAMED.items():
-            for key in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        """Reads the parameter names of older checkpoints too (current_name), so they still load."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            name = prefix + current_name(key[len(prefix):])
+            if name != key:
+                state_dict[name] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
