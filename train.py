@@ -128,6 +128,13 @@ def describe(m: dict) -> str:
     parts.append(f"val loss {m['val_loss']:.4f}")
     if "val_bpc" in m:
         parts[-1] += f" ({m['val_bpc']:.3f} bits/char)"
+    if "val_cer" in m:  # task spell: the model, then the two baselines
+        parts.append(f"held-out exact match {100 * m['val_exact']:.1f}%, CER {100 * m['val_cer']:.2f}%, words "
+                     f"right: corrupted {100 * m['val_word_acc_corrupted']:.1f}%, untouched "
+                     f"{100 * m['val_word_acc_untouched']:.1f}%; clean sentences changed "
+                     f"{100 * m['val_clean_changed']:.1f}% (noisy input: {100 * m['noisy_exact']:.1f}%, "
+                     f"{100 * m['noisy_cer']:.2f}%; dictionary: {100 * m['dict_exact']:.1f}%, {100 * m['dict_cer']:.2f}%)")
+        return ", ".join(parts)
     for prefix, name in (("val", "held-out"), ("long", "longer")):
         if f"{prefix}_exact" in m:
             parts.append(f"{name} exact match {100 * m[f'{prefix}_exact']:.1f}%, "
@@ -227,6 +234,14 @@ class Console:
             print(f"resuming from {e['path']} at step {e['step']}")
             for key, old, new in e["changed"]:
                 print(f"  changed since the checkpoint: {key}: {old!r} -> {new!r}")
+        elif kind == "task" and e["task"] == "spell":
+            self.close_stage()
+            cache = "reused sentence files" if e["reused_cache"] else "split into sentences"
+            print(f"task: spell on {e['path']} ({cache}): {e['sentences'][0]:,} train / {e['sentences'][1]:,} val "
+                  f"sentences of {e['lengths'][0]}-{e['lengths'][1]} characters, vocab {e['vocab_size']}; held-out "
+                  f"{e['held_out']} sentences: noisy input exact {100 * e['noisy_exact']:.1f}%, CER "
+                  f"{100 * e['noisy_cer']:.2f}%; dictionary corrector exact {100 * e['dict_exact']:.1f}%, CER "
+                  f"{100 * e['dict_cer']:.2f}%", flush=True)
         elif kind == "task":
             long = f", longer lengths {e['long_lengths'][0]}-{e['long_lengths'][1]}" if e["long_lengths"] else ""
             print(f"task: {e['task']} (vocab {e['vocab_size']}), training lengths {e['lengths'][0]}-{e['lengths'][1]}, "

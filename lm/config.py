@@ -39,8 +39,8 @@ class DataConfig:
     val_fraction: float = 0.1
     # background processes that assemble batches (0 = in the training process)
     num_workers: int = 0
-    # task lm: char (one token per character) | bpe (byte-level BPE with vocab_size tokens, trained here
-    # on the training split) | gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base (tiktoken's
+    # tasks lm and spell: char (one token per character) | bpe (byte-level BPE with vocab_size tokens,
+    # trained here on the training split) | gpt2 | r50k_base | p50k_base | cl100k_base | o200k_base (tiktoken's
     # encodings: from its cache, or from tokenizer_file; no download is needed when either is there)
     tokenizer: Literal["char", "bpe", "gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base"] = "char"
     # a tiktoken .tiktoken rank file for tokenizer gpt2 ... o200k_base (null: tiktoken's cache)
@@ -49,22 +49,32 @@ class DataConfig:
     # else evenly spaced pieces of it); bounds the time and memory of learning on a large corpus
     tokenizer_sample: int = 10_000_000
     # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
-    # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused)
-    task: Literal["lm", "copy", "reverse", "sort", "add", "grid"] = "lm"
+    # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused) | spell (an
+    # encoder-decoder corrects the sentences of data_path, corrupted by a seeded noise model)
+    task: Literal["lm", "copy", "reverse", "sort", "add", "grid", "spell"] = "lm"
     # task grid: the operation on the grid: rotate (90 degrees clockwise) | transpose | flip
     # (left-right) | gravity (coloured cells fall to the bottom of their column)
     grid_op: Literal["rotate", "transpose", "flip", "gravity"] = "rotate"
     # tasks: number of distinct symbols (for add: the number base, 2..10; for grid: colours, 2..10)
     num_symbols: int = 10
     # tasks: shortest training sequence (for add: digits of the longer operand; for grid: the shortest
-    # side, rows and columns each drawn in min_len..max_len)
+    # side, rows and columns each drawn in min_len..max_len; for spell: characters of a sentence)
     min_len: int = 1
-    # tasks: longest training sequence (for add: digits of the longer operand; for grid: the longest side)
+    # tasks: longest training sequence (for add: digits of the longer operand; for grid: the longest
+    # side; for spell: characters of a sentence, longer ones being cut at ; : , first)
     max_len: int = 16
-    # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none)
+    # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none; not spell)
     eval_long_len: int = 24
-    # tasks: examples in each fixed held-out set
+    # tasks: examples in each fixed held-out set (spell: sentences of the validation split, evenly spaced)
     held_out_size: int = 1000
+    # task spell: the noise model's character edits per letter (each an insertion, deletion,
+    # substitution by a keyboard neighbour or transposition of adjacent letters, inside one word)
+    noise_rate: float = 0.05
+    # task spell: exactly this many character edits per sentence instead (0 = noise_rate decides)
+    noise_edits: int = 0
+    # task spell: share of the words with a known human misspelling that are replaced by one (0 = none;
+    # from the list in the codespell package, read at run time: pip install codespell)
+    misspelling_rate: float = 0.0
 
 
 @dataclass
@@ -457,7 +467,14 @@ def _validate_data(cfg: Config) -> None:
     _need(0.0 < d.val_fraction < 1.0, "val_fraction", d.val_fraction, "it must be between 0 and 1 (exclusive)")
     _need(d.num_workers >= 0, "num_workers", d.num_workers, "it must be >= 0")
     _choice(d, "task")
-    if d.task != "lm":
+    if d.task == "spell":
+        _need(d.min_len >= 1, "min_len", d.min_len, "it must be >= 1 (characters of a sentence)")
+        _need(d.max_len >= d.min_len, "max_len", d.max_len, f"it must be >= min_len ({d.min_len})")
+        _need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
+        _need(0.0 <= d.noise_rate <= 1.0, "noise_rate", d.noise_rate, "it must be in [0, 1] (edits per letter)")
+        _need(d.noise_edits >= 0, "noise_edits", d.noise_edits, "it must be >= 0 (0 = noise_rate decides)")
+        _need(0.0 <= d.misspelling_rate <= 1.0, "misspelling_rate", d.misspelling_rate, "it must be in [0, 1]")
+    elif d.task != "lm":
         _need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
         _need(d.task != "add" or d.num_symbols <= 10, "num_symbols", d.num_symbols,
               "for task add it is the number base, 2..10")
@@ -509,11 +526,15 @@ def _validate_model(cfg: Config) -> None:
     _choice(m, "norm_placement")
     _need(m.vocab_size >= 0, "vocab_size", m.vocab_size, "it must be >= 0 (0 = taken from the data)")
     _choice(d, "tokenizer")
-    _need(d.tokenizer == "char" or d.task == "lm", "tokenizer", d.tokenizer,
-          f"task {d.task!r} generates its own symbols; tokenizers are for task lm")
+    _need(d.tokenizer in ("char", "bpe") or d.task == "lm", "tokenizer", d.tokenizer,
+          f"task {d.task!r} takes char or bpe" if d.task == "spell" else
+          f"task {d.task!r} generates its own symbols; tokenizers are for tasks lm and spell")
     _need(d.tokenizer != "bpe" or m.vocab_size >= 256, "vocab_size", m.vocab_size,
           "tokenizer bpe learns vocab_size tokens: give vocab_size >= 256 (the 256 byte values plus the merges), "
           "e.g. --vocab_size=1024")
+    _need(d.tokenizer != "bpe" or d.task != "spell" or m.vocab_size >= 259, "vocab_size", m.vocab_size,
+          "task spell with tokenizer bpe: vocab_size counts PAD, BOS and EOS too, so it must be >= 259 "
+          "(256 bytes + 3), e.g. --vocab_size=512")
     _need(d.tokenizer_file is None or d.tokenizer in TIKTOKEN_ENCODINGS, "tokenizer_file", d.tokenizer_file,
           f"it is for the tiktoken encodings ({', '.join(TIKTOKEN_ENCODINGS)}); tokenizer is {d.tokenizer!r}")
     _choice(m, "norm")

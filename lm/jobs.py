@@ -5,6 +5,7 @@ The training loop (``lm.trainer.train``) is the same for every job: it knows a j
 
     LanguageModelJob   task: lm       GPT on a text corpus, random block_size windows
     Seq2SeqJob         task: copy...  EncoderDecoder on generated (source, target) pairs
+    SpellJob           task: spell    EncoderDecoder correcting a corpus's sentences, noised afresh
 
 ``make_job`` builds the one a config asks for. Each batch is a pure function of (seed, index), so a
 resumed run replays the same data.
@@ -14,26 +15,32 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
+import string
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from .config import Config, ConfigError
-from .data.corpus import PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
+from .data.corpus import DataError, PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
+from .data.noise import NoiseModel, load_misspellings
 from .data.layout import positions
 from .data.padding import pad_sequences
-from .data.tasks import BOS, EOS, PAD, Task, make_task, task_from_state
-from .data.tokenizer import make_tokenizer, tokenizer_from_state
+from .data.spell import SentenceFile, SpellTask, prepare_sentences
+from .data.tasks import BOS, EOS, NUM_SPECIALS, PAD, Task, make_task, task_from_state
+from .data.tokenizer import CharTokenizer, make_tokenizer, tokenizer_from_state
 from .data.windows import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
 from .generate import greedy_decode
 from .nn.loss import token_loss
+from .spelling import DictionaryCorrector, spelling_scores
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
-TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM = range(5)
+TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM, ORDER_STREAM = range(6)
 
 
 class Vocabulary(Protocol):
@@ -78,7 +85,11 @@ class Job(Protocol):
 
 def vocab_from_state(state: dict):
     """The tokenizer (lm) or task (seq2seq) saved in a checkpoint."""
-    return task_from_state(state) if state.get("kind") == "task" else tokenizer_from_state(state)
+    if state.get("kind") != "task":
+        return tokenizer_from_state(state)
+    if state["task"] == "spell":
+        return SpellTask(tokenizer_from_state(state["tokenizer"]))
+    return task_from_state(state)
 
 
 def bits_per_char(loss_nats: float, tokens_per_char: float = 1.0) -> float:
@@ -313,8 +324,185 @@ class Seq2SeqJob:
         return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
 
 
+# ----------------------------------------------------------------------------- task spell
+
+class SpellJob(Seq2SeqJob):
+    """Spelling correction (task spell) on the sentences of a corpus: each training sentence is corrupted
+    afresh whenever it is drawn (lm.data.noise), and the model learns to write back the clean one.
+
+    Held-out: held_out_size sentences of the validation split, evenly spaced, with noise fixed by the
+    seed. Every evaluation decodes them greedily and reports exact match, character error rate and word
+    accuracy on the corrupted and on the untouched words (lm.spelling), the share of clean sentences the
+    model changes, and beside them the same for the noisy input left as it is and for the classic
+    dictionary corrector built from the training sentences.
+    """
+
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.cfg = cfg
+        d, m = cfg.data, cfg.model
+        source = obtain_corpus(d.data_path)
+        if source.note:
+            emit({"event": "corpus_note", "note": source.note})
+
+        def progress(event: dict) -> None:
+            emit({"event": "prepare", **event})
+            if should_stop():
+                raise PreparationStopped
+
+        data = prepare_sentences(source.files, out_dir / "data" / "spell", d.val_fraction, d.min_len, d.max_len,
+                                 progress)
+        self.train_set = data.train
+        self.task = self.vocab = SpellTask(self._tokenizer(saved, emit))
+        self.noise = NoiseModel(d.noise_rate, d.noise_edits, d.misspelling_rate,
+                                load_misspellings() if d.misspelling_rate > 0 else None)
+        self.clean, self.noisy = self._held_out(data.val)
+        longest = max(len(self.task.encode(s)) for s in self.clean + self.noisy) + 1  # EOS / BOS
+        if m.block_size < d.max_len + 1:
+            raise ConfigError(f"block_size: {m.block_size} is too small for sentences of up to {d.max_len} "
+                              f"characters (max_len): it must be at least max_len + 1 = {d.max_len + 1}")
+        corrector = DictionaryCorrector.from_sentences(self.train_set)
+        corrected = [corrector.correct(s) for s in self.noisy]
+        self.baselines = {**{f"noisy_{k}": v for k, v in spelling_scores(self.noisy, self.clean, self.noisy).items()},
+                          **{f"dict_{k}": v for k, v in spelling_scores(corrected, self.clean, self.noisy).items()},
+                          "dict_clean_changed": _changed([corrector.correct(s) for s in self.clean], self.clean)}
+        self._order_epoch, self._order = -1, None
+        emit({"event": "task", "task": d.task, "vocab_size": self.task.vocab_size, "lengths": (d.min_len, d.max_len),
+              "held_out": len(self.clean), "long_lengths": None, "path": source.name,
+              "sentences": (len(data.train), len(data.val)), "reused_cache": data.reused,
+              "longest_held_out": longest, **self.baselines})
+
+    def _tokenizer(self, saved: dict | None, emit: Callable[[dict], None]):
+        """The checkpoint's tokenizer (resumed), else char: the training sentences' characters and every
+        letter the noise can write; bpe: vocab_size - 3 tokens (PAD, BOS, EOS are the others) learned
+        from the training sentences (at most tokenizer_sample characters of them, from the start)."""
+        if saved:
+            return tokenizer_from_state(saved["tokenizer"]["tokenizer"])
+        d, m = self.cfg.data, self.cfg.model
+        if d.tokenizer == "char":
+            chars = set(string.ascii_letters)
+            for s in self.train_set:
+                chars.update(s)
+            return CharTokenizer("".join(sorted(chars)))
+        sample, size = [], 0
+        for s in self.train_set:
+            if size >= d.tokenizer_sample:
+                break
+            sample.append(s + "\n")
+            size += len(s) + 1
+        emit({"event": "tokenizer", "message": f"learning a byte-level BPE of {m.vocab_size - NUM_SPECIALS} tokens "
+                                               f"(+ PAD, BOS, EOS) from {size:,} characters of training sentences"})
+        return make_tokenizer("bpe", sample, m.vocab_size - NUM_SPECIALS)
+
+    def _held_out(self, val: SentenceFile) -> tuple[list[str], list[str]]:
+        """held_out_size sentences of the validation split, evenly spaced (those the vocabulary can encode),
+        and their noisy versions, the noise of sentence i drawn from (seed, HELD_OUT_STREAM, i)."""
+        n = self.cfg.data.held_out_size
+        picks = sorted(set(np.linspace(0, len(val) - 1, min(n, len(val))).round().astype(int).tolist()))
+        clean = [val[i] for i in picks]
+        clean = [s for s in clean if not self.task.unknown_characters(s)]
+        if not clean:
+            raise DataError("no sentence of the validation split can be written with the training split's "
+                            "characters; use a longer corpus")
+        seed = self.cfg.train.seed
+        noisy = [self.noise.corrupt(s, _rng(seed, HELD_OUT_STREAM, i)).noisy for i, s in enumerate(clean)]
+        return clean, noisy
+
+    def steps_per_epoch(self) -> float:
+        """One epoch = every training sentence once (in an order shuffled afresh each epoch)."""
+        t = self.cfg.train
+        return len(self.train_set) / (t.batch_size * t.grad_accum)
+
+    def _sentence(self, k: int) -> str:
+        """The k-th training sentence drawn: sentence order[k % N] of epoch k // N's shuffled order."""
+        n = len(self.train_set)
+        epoch, i = divmod(k, n)
+        if epoch != self._order_epoch:
+            self._order = torch.randperm(n, generator=seeded_generator(self.cfg.train.seed, ORDER_STREAM, epoch))
+            self._order_epoch = epoch
+        return self.train_set[int(self._order[i])]
+
+    def pair(self, clean: str, noisy: str) -> tuple[list[int], list[int]]:
+        """(source ids, target ids) of a sentence and its noisy version, each cut to fit block_size."""
+        b = self.cfg.model.block_size
+        return self.task.encode(noisy)[:b], self.task.encode(clean)[: b - 1]
+
+    def batch(self, index: int) -> tuple:
+        """Training batch `index`: batch_size consecutive draws of the shuffled sentences, each corrupted by
+        noise drawn from (seed, TRAIN_STREAM, index): fresh noise every time a sentence is drawn."""
+        c = self.cfg
+        rng = _rng(c.train.seed, TRAIN_STREAM, index)
+        pairs = []
+        for k in range(index * c.train.batch_size, (index + 1) * c.train.batch_size):
+            clean = self._sentence(k)
+            pairs.append(self.pair(clean, self.noise.corrupt(clean, rng).noisy))
+        src_pos, tgt_pos = self.positions(pairs, torch.Generator().manual_seed(rng.getrandbits(63)))
+        if tgt_pos is not None:
+            tgt_pos = tgt_pos[:, : max(len(t) for _, t in pairs) + 1]
+        return (*collate(pairs), src_pos, tgt_pos)
+
+    @torch.no_grad()
+    def correct(self, model, sentences: list[str], device, dtype, chunk: int = 256) -> list[str]:
+        """The model's greedy correction of each sentence (sentences of similar length decoded together)."""
+        model.eval()
+        b = self.cfg.model.block_size
+        encoded = [self.task.encode(s)[:b] for s in sentences]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        out = [""] * len(encoded)
+        for start in range(0, len(order), chunk):
+            rows = order[start : start + chunk]
+            src, src_mask = pad_sequences([encoded[i] for i in rows], PAD)
+            src, src_mask = src.to(device), src_mask.to(device)
+            src_pos, tgt_pos = (_to(t, device) for t in self.positions([(encoded[i], []) for i in rows]))
+            longest = src.size(1)
+            with autocast(device, dtype):
+                ids = greedy_decode(model, src, src_mask, min(b, self.task.target_slots([0] * longest)), BOS, EOS,
+                                    PAD, src_pos=src_pos, tgt_pos=tgt_pos)
+            for i, row in zip(rows, ids.tolist()):
+                out[i] = self.task.render(self.task.from_ids(row))
+        model.train()
+        return out
+
+    @torch.no_grad()
+    def held_out_loss(self, model, device, dtype, chunk: int = 256) -> float:
+        """Teacher-forced loss per target token on the held-out (noisy -> clean) pairs."""
+        model.eval()
+        pairs = [self.pair(c, n) for c, n in zip(self.clean, self.noisy)]
+        total, count = 0.0, 0
+        for i in range(0, len(pairs), chunk):
+            part = pairs[i : i + chunk]
+            src, src_mask, tgt_in, tgt_out = (t.to(device) for t in collate(part))
+            src_pos, tgt_pos = (_to(t, device) for t in self.positions(part))
+            with autocast(device, dtype):
+                logits, _ = model(src, tgt_in, src_mask, src_pos=src_pos,
+                                  tgt_pos=None if tgt_pos is None else tgt_pos[:, : tgt_in.size(1)])
+                loss = token_loss(logits, tgt_out, ignore_index=PAD)
+            n_real = int((tgt_out != PAD).sum())
+            total, count = total + loss.item() * n_real, count + n_real
+        model.train()
+        return total / count
+
+    def evaluate(self, model, device, dtype, world: World = World()) -> dict:
+        """The held-out metrics (see the class docstring); every process computes them whole."""
+        outputs = self.correct(model, self.noisy, device, dtype)
+        scores = spelling_scores(outputs, self.clean, self.noisy)
+        return {"val_loss": self.held_out_loss(model, device, dtype), **{f"val_{k}": v for k, v in scores.items()},
+                "val_clean_changed": _changed(self.correct(model, self.clean, device, dtype), self.clean),
+                **self.baselines}
+
+
+def _rng(*key: int) -> random.Random:
+    """A Python random generator determined by a tuple of non-negative ints (through seeded_generator)."""
+    return random.Random(int(torch.randint(2**62, (1,), generator=seeded_generator(*key))))
+
+
+def _changed(outputs: list[str], clean: list[str]) -> float:
+    """Share of clean sentences that the corrector changed."""
+    return sum(o != c for o, c in zip(outputs, clean)) / len(clean)
+
+
 def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
              should_stop: Callable[[], bool] = lambda: False) -> Job:
     """The job for cfg.data.task. should_stop() is asked while a corpus is prepared (PreparationStopped)."""
-    job = LanguageModelJob if cfg.data.task == "lm" else Seq2SeqJob
+    job = {"lm": LanguageModelJob, "spell": SpellJob}.get(cfg.data.task, Seq2SeqJob)
     return job(cfg, saved, out_dir, emit, should_stop)

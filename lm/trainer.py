@@ -365,7 +365,7 @@ def prepare_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Event,
         raise write_failure(out_dir / "data", e) from None
     if saved:
         check_resume_vocab(saved, job.vocab.state())
-    learned_bpe = not saved and cfg.data.task == "lm" and cfg.data.tokenizer == "bpe"
+    learned_bpe = not saved and cfg.data.task in ("lm", "spell") and cfg.data.tokenizer == "bpe"
     if learned_bpe and job.vocab.vocab_size != cfg.model.vocab_size:
         raise ConfigError(f"vocab_size: the training split has only enough distinct byte pairs for a BPE of "
                           f"{job.vocab.vocab_size} tokens, not {cfg.model.vocab_size}; use a smaller vocab_size "

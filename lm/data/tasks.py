@@ -21,8 +21,10 @@ PAD, BOS, EOS = 0, 1, 2
 NUM_SPECIALS = 3
 
 
-class Task(ABC):
-    """A family of (source, target) token sequences over num_symbols symbols."""
+class TokenLayout:
+    """Token ids of a seq2seq vocabulary of num_symbols symbols: 0 = PAD, 1 = BOS, 2 = EOS, then the
+    symbols; text <-> symbols for sample.py and visualize.py. Task (generated examples) and
+    lm.data.spell.SpellTask (sentences of a corpus) build on it."""
 
     name = ""
 
@@ -32,10 +34,6 @@ class Task(ABC):
     @property
     def vocab_size(self) -> int:
         return NUM_SPECIALS + self.num_symbols
-
-    @abstractmethod
-    def pair(self, length: int, g: torch.Generator) -> tuple[list[int], list[int]]:
-        """One example of this length, as symbol lists (before the special-token offset)."""
 
     def max_lengths(self, length: int) -> tuple[int, int]:
         """(source, target) token counts of the longest example of this length, EOS and BOS included."""
@@ -67,16 +65,6 @@ class Task(ABC):
         specials = {PAD: "<pad>", BOS: "<bos>", EOS: "<eos>"}
         return [specials[i] if i in specials else self.symbol_text(i - NUM_SPECIALS) for i in ids]
 
-    # ---- shared machinery
-    def examples(self, n: int, min_len: int, max_len: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
-        """n (source ids, target ids) pairs with lengths uniform in [min_len, max_len], as token ids."""
-        lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
-        out = []
-        for length in lengths:
-            src, tgt = self.pair(length, g)
-            out.append((self.to_ids(src), self.to_ids(tgt)))
-        return out
-
     def to_ids(self, symbols: list[int]) -> list[int]:
         return [NUM_SPECIALS + s for s in symbols]
 
@@ -92,6 +80,23 @@ class Task(ABC):
 
     def state(self) -> dict:
         return {"kind": "task", "task": self.name, "num_symbols": self.num_symbols}
+
+
+class Task(TokenLayout, ABC):
+    """A family of generated (source, target) token sequences over num_symbols symbols."""
+
+    @abstractmethod
+    def pair(self, length: int, g: torch.Generator) -> tuple[list[int], list[int]]:
+        """One example of this length, as symbol lists (before the special-token offset)."""
+
+    def examples(self, n: int, min_len: int, max_len: int, g: torch.Generator) -> list[tuple[list[int], list[int]]]:
+        """n (source ids, target ids) pairs with lengths uniform in [min_len, max_len], as token ids."""
+        lengths = torch.randint(min_len, max_len + 1, (n,), generator=g).tolist()
+        out = []
+        for length in lengths:
+            src, tgt = self.pair(length, g)
+            out.append((self.to_ids(src), self.to_ids(tgt)))
+        return out
 
     def _symbols(self, length: int, g: torch.Generator) -> list[int]:
         return torch.randint(self.num_symbols, (length,), generator=g).tolist()
