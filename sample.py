@@ -8,6 +8,7 @@ see docs/cli.md: --num_samples).
 Seq2seq task: print the model's output for one source sequence (greedy, or beam search).
     python sample.py --checkpoint out/reverse/best.pt --input "5 7 9 2" [--beam 4]
     python sample.py --checkpoint out/grid/best.pt --input "012/340/567"   (grid: rows separated by /)
+    python sample.py --checkpoint out/spell/best.pt --input "Thou art a vilain and a begger"   (spell)
 
 Needs nothing but the checkpoint: the model's config and vocabulary are inside it.
 
@@ -30,6 +31,7 @@ import torch
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.generate import beam_search, check_sampling, generate, greedy_decode, prepare_source
+from lm.data.sentences import normalise_space, split_sentences
 from lm.data.tasks import BOS, EOS, PAD
 from lm.data.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
@@ -55,7 +57,8 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--input", default=None,
-                   help='seq2seq checkpoints: the source, e.g. "5 7 9 2", "123+45" or a grid "012/340/567"')
+                   help='seq2seq checkpoints: the source, e.g. "5 7 9 2", "123+45", a grid "012/340/567" or '
+                        'a sentence to correct (task spell)')
     p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1 = greedy decoding)")
     p.add_argument("--length_penalty", type=float, default=0.6, help="seq2seq beam search: GNMT alpha (0 = none)")
     return p.parse_args(argv)
@@ -132,7 +135,10 @@ def write_sample(prompt: str, token_ids, tokenizer, stream: bool) -> None:
 
 def input_length(task, symbols: list[int]) -> int:
     """The length of a parsed source as training counts it (lm.data.tasks): its number of symbols, for add
-    the number of digits of the longer operand (leading zeros not counted), for grid its longer side."""
+    the number of digits of the longer operand (leading zeros not counted), for grid its longer side, for
+    spell its characters."""
+    if task.name == "spell":
+        return len(task.render(symbols))
     if task.name == "grid":
         return task.side(symbols)
     if task.name != "add":
@@ -151,7 +157,8 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
     n, lo, hi = input_length(task, symbols), cfg.data.min_len, cfg.data.max_len
     if lo <= n <= hi:
         return
-    what = {"add": "digits in the longer number", "grid": "cells on the longer side"}.get(task.name, "symbols")
+    what = {"add": "digits in the longer number", "grid": "cells on the longer side",
+            "spell": "characters"}.get(task.name, "symbols")
     side = "longer" if n > hi else "shorter"
     if n > hi and cfg.model.pos_encoding == "randomized":
         print(f"note: the input has length {n} ({what}), longer than the lengths {lo}..{hi} this model was trained "
@@ -164,14 +171,28 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
 def transduce(args, model, task, cfg, device) -> int:
     """Seq2seq task: decode the output for one source sequence and print it."""
     if args.input is None:
-        example = {"add": "123+45", "grid": "012/340/567"}.get(cfg.data.task, "5 7 9 2")
+        example = {"add": "123+45", "grid": "012/340/567", "spell": "Thou art a vilain"}.get(cfg.data.task, "5 7 9 2")
         raise ValueError(f"{args.checkpoint} was trained on task {cfg.data.task!r}: give the source with --input, "
                          f"e.g. --input \"{example}\"")
     if args.prompt is not None or args.prompt_file is not None:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
         raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
-    source = prepare_source(task, cfg, args.input, device)
+    if task.name != "spell":
+        print(decode_one(args, model, task, cfg, device, args.input))
+        return 0
+    outputs = []
+    for text in spell_pieces(task, cfg, args.input):
+        output = decode_one(args, model, task, cfg, device, text)
+        outputs.append(task.keep_known_changes(text, output) if cfg.data.correction_filter == "known_words"
+                       else output)  # a word changed into a non-word is put back (docs/seq2seq.md)
+    print(" ".join(outputs))
+    return 0
+
+
+def decode_one(args, model, task, cfg, device, text: str) -> str:
+    """The model's output for one source, as the task writes it (greedy, or beam search with --beam)."""
+    source = prepare_source(task, cfg, text, device)
     warn_if_untrained_length(task, source.symbols, cfg)
     decode = dict(use_cache=not args.no_cache, src_pos=source.src_pos, tgt_pos=source.tgt_pos)
     n = source.max_len
@@ -183,8 +204,27 @@ def transduce(args, model, task, cfg, device) -> int:
     tokens = out[0].tolist()
     if EOS not in tokens:
         print(f"note: no end-of-sequence token within {n} output tokens", file=sys.stderr)
-    print(task.render(task.from_ids(tokens)))
-    return 0
+    return task.render(task.from_ids(tokens))
+
+
+def spell_pieces(task, cfg, text: str) -> list[str]:
+    """Task spell, best effort: characters the model never saw are left out (a note names them), and a text
+    longer than the model's block_size is corrected sentence by sentence (lm.data.sentences)."""
+    unknown = task.unknown_characters(text)
+    if unknown:
+        kept = "".join(c for c in text if c not in unknown)
+        print(f"note: the model never saw {', '.join(repr(c) for c in unknown)} in training; correcting the input "
+              f"without {'it' if len(unknown) == 1 else 'them'}", file=sys.stderr)
+        if not normalise_space(kept):
+            raise ValueError(f"the input {text!r} has no character this model knows")
+        text = kept
+    sentence = normalise_space(text)
+    if len(task.parse(sentence)) <= cfg.model.block_size:  # parse: the empty input's message
+        return [sentence]
+    pieces = split_sentences(sentence, max_chars=cfg.data.max_len)
+    print(f"note: the input is longer than this model's {cfg.model.block_size} positions (block_size); "
+          f"correcting it as {len(pieces)} pieces (sentences, cut at ; : , where long)", file=sys.stderr)
+    return pieces
 
 
 def run(args) -> int:

@@ -132,8 +132,10 @@ def describe(m: dict) -> str:
         parts.append(f"held-out exact match {100 * m['val_exact']:.1f}%, CER {100 * m['val_cer']:.2f}%, words "
                      f"right: corrupted {100 * m['val_word_acc_corrupted']:.1f}%, untouched "
                      f"{100 * m['val_word_acc_untouched']:.1f}%; clean sentences changed "
-                     f"{100 * m['val_clean_changed']:.1f}% (noisy input: {100 * m['noisy_exact']:.1f}%, "
-                     f"{100 * m['noisy_cer']:.2f}%; dictionary: {100 * m['dict_exact']:.1f}%, {100 * m['dict_cer']:.2f}%)")
+                     f"{100 * m['val_clean_changed']:.1f}% (raw model output: {100 * m['raw_exact']:.1f}%, "
+                     f"{100 * m['raw_cer']:.2f}%, {100 * m['raw_clean_changed']:.1f}% changed; noisy input: "
+                     f"{100 * m['noisy_exact']:.1f}%, {100 * m['noisy_cer']:.2f}%; dictionary: "
+                     f"{100 * m['dict_exact']:.1f}%, {100 * m['dict_cer']:.2f}%)")
         return ", ".join(parts)
     for prefix, name in (("val", "held-out"), ("long", "longer")):
         if f"{prefix}_exact" in m:

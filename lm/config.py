@@ -72,9 +72,16 @@ class DataConfig:
     noise_rate: float = 0.05
     # task spell: exactly this many character edits per sentence instead (0 = noise_rate decides)
     noise_edits: int = 0
+    # task spell: edits per letter in the training sentences (null = noise_rate); the held-out set always
+    # has noise_rate (or noise_edits). More noise in training shows the model more corrections per step.
+    train_noise_rate: Optional[float] = None
     # task spell: share of the words with a known human misspelling that are replaced by one (0 = none;
     # from the list in the codespell package, read at run time: pip install codespell)
     misspelling_rate: float = 0.0
+    # task spell: what the model's output goes through (evaluation and sample.py): known_words (each word
+    # the model changed into a non-word, one not in the training sentences, is put back as the input had
+    # it) | none (the model's output as it is; evaluation reports it beside the filtered one either way)
+    correction_filter: Literal["known_words", "none"] = "known_words"
 
 
 @dataclass
@@ -111,6 +118,10 @@ class ModelConfig:
     activation: Literal["gelu", "relu2"] = "gelu"
     # output head tied to the (target) token embedding; false = a separate matrix
     tie_head: bool = True
+    # encoder-decoder: cross-attention rotates its queries by their target positions and its keys by
+    # their source positions (RoPE), so each score also depends on the offset t - s and an output that
+    # runs beside its input (task spell) finds the near-diagonal alignment quickly; 1D positions only
+    cross_rope: bool = False
     # start the projections that write into the residual stream (attention output, feed-forward
     # output) at zero, and an untied head too; false = GPT-2's scaled normal initialisation
     zero_init: bool = False
@@ -473,6 +484,10 @@ def _validate_data(cfg: Config) -> None:
         _need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
         _need(0.0 <= d.noise_rate <= 1.0, "noise_rate", d.noise_rate, "it must be in [0, 1] (edits per letter)")
         _need(d.noise_edits >= 0, "noise_edits", d.noise_edits, "it must be >= 0 (0 = noise_rate decides)")
+        _need(d.train_noise_rate is None or 0.0 <= d.train_noise_rate <= 1.0, "train_noise_rate", d.train_noise_rate,
+              "it must be in [0, 1] (edits per letter), or null for noise_rate")
+        _need(d.train_noise_rate is None or d.noise_edits == 0, "train_noise_rate", d.train_noise_rate,
+              f"noise_edits {d.noise_edits} fixes the edits of every sentence, training ones too; set one of them")
         _need(0.0 <= d.misspelling_rate <= 1.0, "misspelling_rate", d.misspelling_rate, "it must be in [0, 1]")
     elif d.task != "lm":
         _need(d.num_symbols >= 2, "num_symbols", d.num_symbols, "it must be >= 2")
@@ -490,6 +505,7 @@ def _validate_data(cfg: Config) -> None:
         _need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
               "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
     _choice(d, "grid_op")
+    _choice(d, "correction_filter")
 
 
 def _validate_model(cfg: Config) -> None:
@@ -520,6 +536,13 @@ def _validate_model(cfg: Config) -> None:
           m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
     _need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
           "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
+    _need(not m.cross_rope or d.task != "lm", "cross_rope", m.cross_rope,
+          "it rotates an encoder-decoder's cross-attention, and task lm is a GPT without one")
+    _need(not m.cross_rope or (m.pos_encoding not in GRID_ENCODINGS and m.pos_encoding != "randomized"), "cross_rope", m.cross_rope,
+          f"it counts consecutive positions 0, 1, 2, ... on both sides; pos_encoding {m.pos_encoding} gives "
+          f"positions of its own (use a 1D encoding: learned, sinusoidal, rope)")
+    _need(not m.cross_rope or head_dim % 2 == 0, "cross_rope", m.cross_rope,
+          f"rotation needs an even head width, embedding_dim / num_heads = {head_dim}")
     _choice(m, "attention")
     _need(m.attention != "differential" or m.num_heads % 2 == 0, "num_heads", m.num_heads,
           "attention differential pairs heads (num_heads / 2 differential heads): it must be even")

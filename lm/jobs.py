@@ -37,10 +37,11 @@ from .device import autocast
 from .distributed import World
 from .generate import greedy_decode
 from .nn.loss import token_loss
-from .spelling import DictionaryCorrector, spelling_scores
+from .spelling import DictionaryCorrector, known_words_of, spelling_scores
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
 TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM, ORDER_STREAM = range(6)
+BUCKET_BATCHES = 50  # task spell: batches' worth of shuffled sentences sorted by length together
 
 
 class Vocabulary(Protocol):
@@ -88,7 +89,7 @@ def vocab_from_state(state: dict):
     if state.get("kind") != "task":
         return tokenizer_from_state(state)
     if state["task"] == "spell":
-        return SpellTask(tokenizer_from_state(state["tokenizer"]))
+        return SpellTask.from_state(state)
     return task_from_state(state)
 
 
@@ -353,9 +354,12 @@ class SpellJob(Seq2SeqJob):
         data = prepare_sentences(source.files, out_dir / "data" / "spell", d.val_fraction, d.min_len, d.max_len,
                                  progress)
         self.train_set = data.train
-        self.task = self.vocab = SpellTask(self._tokenizer(saved, emit))
-        self.noise = NoiseModel(d.noise_rate, d.noise_edits, d.misspelling_rate,
-                                load_misspellings() if d.misspelling_rate > 0 else None)
+        self.task = self.vocab = (SpellTask.from_state(saved["tokenizer"]) if saved else
+                                  SpellTask(self._tokenizer(emit), known_words_of(self.train_set)))
+        misspellings = load_misspellings() if d.misspelling_rate > 0 else None
+        self.noise = NoiseModel(d.noise_rate, d.noise_edits, d.misspelling_rate, misspellings)  # the held-out set's
+        self.train_noise = (self.noise if d.train_noise_rate is None else
+                            NoiseModel(d.train_noise_rate, d.noise_edits, d.misspelling_rate, misspellings))
         self.clean, self.noisy = self._held_out(data.val)
         longest = max(len(self.task.encode(s)) for s in self.clean + self.noisy) + 1  # EOS / BOS
         if m.block_size < d.max_len + 1:
@@ -372,12 +376,10 @@ class SpellJob(Seq2SeqJob):
               "sentences": (len(data.train), len(data.val)), "reused_cache": data.reused,
               "longest_held_out": longest, **self.baselines})
 
-    def _tokenizer(self, saved: dict | None, emit: Callable[[dict], None]):
-        """The checkpoint's tokenizer (resumed), else char: the training sentences' characters and every
-        letter the noise can write; bpe: vocab_size - 3 tokens (PAD, BOS, EOS are the others) learned
-        from the training sentences (at most tokenizer_sample characters of them, from the start)."""
-        if saved:
-            return tokenizer_from_state(saved["tokenizer"]["tokenizer"])
+    def _tokenizer(self, emit: Callable[[dict], None]):
+        """A fresh run's tokenizer: char, the training sentences' characters and every letter the noise can
+        write; bpe, vocab_size - 3 tokens (PAD, BOS, EOS are the others) learned from the training
+        sentences (at most tokenizer_sample characters of them, from the start)."""
         d, m = self.cfg.data, self.cfg.model
         if d.tokenizer == "char":
             chars = set(string.ascii_letters)
@@ -409,18 +411,37 @@ class SpellJob(Seq2SeqJob):
         return clean, noisy
 
     def steps_per_epoch(self) -> float:
-        """One epoch = every training sentence once (in an order shuffled afresh each epoch)."""
-        t = self.cfg.train
-        return len(self.train_set) / (t.batch_size * t.grad_accum)
+        """One epoch = every training sentence once, in epoch_batches(epoch)."""
+        return self.batches_per_epoch / self.cfg.train.grad_accum
 
-    def _sentence(self, k: int) -> str:
-        """The k-th training sentence drawn: sentence order[k % N] of epoch k // N's shuffled order."""
-        n = len(self.train_set)
-        epoch, i = divmod(k, n)
+    @property
+    def batches_per_epoch(self) -> int:
+        n, b = len(self.train_set), self.cfg.train.batch_size
+        chunk = b * BUCKET_BATCHES
+        return (n // chunk) * BUCKET_BATCHES + math.ceil((n % chunk) / b)
+
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        """The training sentences' indices, batch by batch, for one epoch: shuffled (seed, epoch), then each
+        run of BUCKET_BATCHES batches' worth sorted by length and cut into batches (so a batch holds
+        sentences of similar length and little padding), and the batches shuffled."""
+        n, b = len(self.train_set), self.cfg.train.batch_size
+        g = seeded_generator(self.cfg.train.seed, ORDER_STREAM, epoch)
+        order = torch.randperm(n, generator=g)
+        lengths = torch.from_numpy(np.diff(self.train_set.offsets.astype(np.int64)))  # (n,) bytes per line
+        batches = []
+        for start in range(0, n, b * BUCKET_BATCHES):
+            run = order[start : start + b * BUCKET_BATCHES]
+            run = run[torch.argsort(lengths[run], stable=True)]
+            batches += list(run.split(b))
+        return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+    def _batch_sentences(self, index: int) -> list[str]:
+        """The sentences of training batch `index`: batch index % batches_per_epoch of its epoch."""
+        epoch, i = divmod(index, self.batches_per_epoch)
         if epoch != self._order_epoch:
-            self._order = torch.randperm(n, generator=seeded_generator(self.cfg.train.seed, ORDER_STREAM, epoch))
+            self._order = self.epoch_batches(epoch)
             self._order_epoch = epoch
-        return self.train_set[int(self._order[i])]
+        return [self.train_set[int(k)] for k in self._order[i]]
 
     def pair(self, clean: str, noisy: str) -> tuple[list[int], list[int]]:
         """(source ids, target ids) of a sentence and its noisy version, each cut to fit block_size."""
@@ -428,14 +449,12 @@ class SpellJob(Seq2SeqJob):
         return self.task.encode(noisy)[:b], self.task.encode(clean)[: b - 1]
 
     def batch(self, index: int) -> tuple:
-        """Training batch `index`: batch_size consecutive draws of the shuffled sentences, each corrupted by
-        noise drawn from (seed, TRAIN_STREAM, index): fresh noise every time a sentence is drawn."""
+        """Training batch `index` (epoch_batches), each sentence corrupted by noise drawn from (seed,
+        TRAIN_STREAM, index): fresh noise every time a sentence is drawn, a pure function of (seed, index)."""
         c = self.cfg
         rng = _rng(c.train.seed, TRAIN_STREAM, index)
-        pairs = []
-        for k in range(index * c.train.batch_size, (index + 1) * c.train.batch_size):
-            clean = self._sentence(k)
-            pairs.append(self.pair(clean, self.noise.corrupt(clean, rng).noisy))
+        pairs = [self.pair(clean, self.train_noise.corrupt(clean, rng).noisy)
+                 for clean in self._batch_sentences(index)]
         src_pos, tgt_pos = self.positions(pairs, torch.Generator().manual_seed(rng.getrandbits(63)))
         if tgt_pos is not None:
             tgt_pos = tgt_pos[:, : max(len(t) for _, t in pairs) + 1]
@@ -483,12 +502,17 @@ class SpellJob(Seq2SeqJob):
         return total / count
 
     def evaluate(self, model, device, dtype, world: World = World()) -> dict:
-        """The held-out metrics (see the class docstring); every process computes them whole."""
+        """The held-out metrics (see the class docstring): val_* after correction_filter, raw_* of the model's
+        output as it is; every process computes them whole."""
         outputs = self.correct(model, self.noisy, device, dtype)
-        scores = spelling_scores(outputs, self.clean, self.noisy)
-        return {"val_loss": self.held_out_loss(model, device, dtype), **{f"val_{k}": v for k, v in scores.items()},
-                "val_clean_changed": _changed(self.correct(model, self.clean, device, dtype), self.clean),
-                **self.baselines}
+        unchanged = self.correct(model, self.clean, device, dtype)
+        out = {"val_loss": self.held_out_loss(model, device, dtype)}
+        for prefix, keep in (("raw", False), ("val", self.cfg.data.correction_filter == "known_words")):
+            fixed = [self.task.keep_known_changes(s, o) for s, o in zip(self.noisy, outputs)] if keep else outputs
+            kept = [self.task.keep_known_changes(s, o) for s, o in zip(self.clean, unchanged)] if keep else unchanged
+            out.update({f"{prefix}_{k}": v for k, v in spelling_scores(fixed, self.clean, self.noisy).items()})
+            out[f"{prefix}_clean_changed"] = _changed(kept, self.clean)
+        return {**out, **self.baselines}
 
 
 def _rng(*key: int) -> random.Random:

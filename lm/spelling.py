@@ -11,7 +11,7 @@ import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Container, Iterable, Mapping, Sequence
 
 
 def edit_distance(a: Sequence, b: Sequence) -> int:
@@ -235,3 +235,35 @@ class DictionaryCorrector:
     def correct(self, sentence: str) -> str:
         """Each run of letters corrected in place; spaces, punctuation and digits kept exactly."""
         return "".join(self.correct_word(w) if is_letter else w for is_letter, w in _words(sentence))
+
+
+def known_words_of(sentences: Iterable[str], limit: int = 200_000) -> list[str]:
+    """The lowercase words (runs of letters) of some (training) sentences, the most frequent first (at most
+    limit of them, so a huge corpus still gives a list a checkpoint can hold), ties alphabetical."""
+    counts: Counter[str] = Counter()
+    for s in sentences:
+        counts.update(w.lower() for is_letter, w in _words(s) if is_letter)
+    return [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:limit]]
+
+
+def keep_known_changes(source: str, output: str, known: Container[str]) -> str:
+    """The known-word filter: a corrector's output, with every word it changed into something that is not
+    a word of the vocabulary put back as the source had it.
+
+    Words are whitespace-separated; output word j is compared with the source word that align_words pairs
+    it with. A changed word is kept when each of its runs of letters, lowercased, is in known (so
+    "villain," and "o'er" pass when "villain", "o" and "er" are known); otherwise the source's word takes
+    its place. Output words paired with no source word are kept. This favours copying the input: a
+    model's slip that writes a non-word where the input was right is undone, and a correction into a real
+    word stands.
+    """
+    src, out = source.split(), output.split()
+    paired = {j: i for i, j in enumerate(align_words(src, out)) if j is not None}  # output word -> source word
+    kept = []
+    for j, word in enumerate(out):
+        i = paired.get(j)
+        if i is None or word == src[i] or all(w.lower() in known for is_letter, w in _words(word) if is_letter):
+            kept.append(word)
+        else:
+            kept.append(src[i])
+    return " ".join(kept)

@@ -362,3 +362,8 @@ def test_offline_corpus():
     sentences = split_sentences(text, max_chars=60)
     _check_corpus(sentences)
     assert len(sentences) > 1000
+
+
+def test_a_line_of_punctuation_alone_ends_a_sentence_and_is_dropped():
+    text = 'The "assert" statement\n**********************\n\nAssert statements are a way in.\n----\nthen more.'
+    assert split_sentences(text) == ['The "assert" statement', "Assert statements are a way in.", "then more."]

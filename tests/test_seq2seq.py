@@ -119,9 +119,12 @@ def test_shared_and_separate_embeddings(share):
     assert model.head.weight is model.tgt_embed.tok.weight
 
 
-@pytest.mark.parametrize("pos", POS)
-def test_cached_and_uncached_decoding_agree(pos):
-    model = seq2seq(pos)
+@pytest.mark.parametrize("pos, cross_rope", [(pos, False) for pos in POS] + [("learned", True), ("rope", True)])
+def test_cached_and_uncached_decoding_agree(pos, cross_rope):
+    torch.manual_seed(0)
+    cfg = model_cfg(pos)
+    cfg.cross_rope = cross_rope
+    model = EncoderDecoder(cfg).eval()
     src, mask = pad_sequences([[3, 4, 5, 6], [7, 8], [9, 10, 11, 12, 3, 4]], PAD)
     decoders = [lambda **k: greedy_decode(model, src, mask, 12, BOS, EOS, PAD, **k)]
     decoders += [lambda beam=beam, alpha=alpha, **k: beam_search(model, src, mask, 12, BOS, EOS, PAD, beam=beam,
@@ -129,6 +132,30 @@ def test_cached_and_uncached_decoding_agree(pos):
                  for beam in (1, 4, 9) for alpha in (0.0, 0.6)]
     for decode in decoders:
         assert torch.equal(decode(use_cache=True), decode(use_cache=False))
+
+
+@pytest.mark.parametrize("cross_rope", [False, True])
+def test_cross_rope_makes_cross_attention_depend_on_the_offset(cross_rope):
+    """Identical tokens and no positions: every source state is the same, and so is every decoder input, so
+    without cross_rope each query spreads its weight evenly; with it the scores depend on t - s alone, so
+    w[t, s] / w[t, s'] = w[t + 1, s + 1] / w[t + 1, s' + 1] (weights along each diagonal keep their ratios)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=13, block_size=24, num_blocks=1, num_heads=2, embedding_dim=16, pos_encoding="none",
+                      cross_rope=cross_rope)
+    model = EncoderDecoder(cfg).eval()
+    with torch.no_grad():  # scores far from 0: the weights then tell offsets apart clearly
+        for p in (model.blocks[0].cross_attn.q_proj.weight, model.blocks[0].cross_attn.kv_proj.weight):
+            p.mul_(40)
+    src, tgt = torch.full((1, 8), 5), torch.full((1, 6), 5)
+    with torch.no_grad():
+        _, maps = model(src, tgt, return_weights=True)
+    w = maps.cross[0][0].double()  # (heads, T, S)
+    if not cross_rope:
+        assert torch.allclose(w, torch.full_like(w, 1 / 8))
+        return
+    assert not torch.allclose(w, torch.full_like(w, 1 / 8), atol=1e-2)
+    ratio = w[:, :, :-1] / w[:, :, 1:]  # (heads, T, S - 1): neighbours along a row
+    assert torch.allclose(ratio[:, :-1, :-1], ratio[:, 1:, 1:], rtol=1e-3)  # float32 scores: rounding only
 
 
 # ----------------------------------------------------------------------------- beam search against a known model

@@ -30,7 +30,8 @@ Rules:
    before a lowercase word, a digit or punctuation it does not.
 5. Lines. A blank line (a paragraph break) always ends a sentence. A speaker heading -- a line that
    is only 1 to 4 words, each starting with a capital letter, then a colon (``ROMEO:``,
-   ``First Citizen:``, ``KING HENRY VI:``) -- ends a sentence and is dropped. A line that starts
+   ``First Citizen:``, ``KING HENRY VI:``) -- ends a sentence and is dropped, and so is a line of
+   punctuation alone, with no letter or digit (an underline such as ``*****``). A line that starts
    with an uppercase letter ends the sentence before it, with or without punctuation (verse: each
    verse line is capitalised); a line that starts otherwise (lowercase, digit, punctuation, a
    quote) continues it (wrapped prose). Limits: wrapped prose whose next line starts with a capital
@@ -119,8 +120,8 @@ class SentenceSplitter:
 
     def _line(self, line: str) -> list[str]:
         words = line.split()
-        if not words or _is_heading(words):
-            return self._finish()
+        if not words or _is_heading(words) or not any(c.isalnum() for c in line):
+            return self._finish()  # a blank line, a heading, or a rule of punctuation ("*****", "-----")
         out = self._finish() if words[0][0].isupper() else []
         self._words.extend(words)
         self._chars += sum(map(len, words)) + len(words)

@@ -27,7 +27,8 @@ from ..files import write_atomic, write_text_atomic
 from .corpus import DataError, _fingerprint
 from .sentences import SentenceSplitter, normalise_space
 from .tasks import NUM_SPECIALS, TokenLayout
-from .tokenizer import CharTokenizer, UnknownCharactersError
+from .tokenizer import CharTokenizer, UnknownCharactersError, tokenizer_from_state
+from ..spelling import keep_known_changes
 
 SENTENCES_VERSION = 1  # bump when the sentence rules change: cached sentence files are then rebuilt
 PROGRESS_BYTES = 4 << 20  # a progress event after every this many bytes read
@@ -38,9 +39,16 @@ class SpellTask(TokenLayout):
 
     name = "spell"
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, known_words: Sequence[str] = ()):
+        """known_words: the lowercase words of the training sentences (keep_known_changes' vocabulary)."""
         super().__init__(tokenizer.vocab_size)
         self.tokenizer = tokenizer
+        self.known_words = list(known_words)
+        self._known = frozenset(self.known_words)
+
+    def keep_known_changes(self, source: str, output: str) -> str:
+        """The known-word filter (lm.spelling.keep_known_changes) over this vocabulary's words."""
+        return keep_known_changes(source, output, self._known)
 
     def encode(self, text: str) -> list[int]:
         """A sentence -> its token ids (specials offset included); UnknownCharactersError for a character
@@ -81,7 +89,11 @@ class SpellTask(TokenLayout):
         return length + length // 4 + 2, length + 1
 
     def state(self) -> dict:
-        return {**super().state(), "tokenizer": self.tokenizer.state()}
+        return {**super().state(), "tokenizer": self.tokenizer.state(), "known_words": " ".join(self.known_words)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SpellTask":
+        return cls(tokenizer_from_state(state["tokenizer"]), state.get("known_words", "").split())
 
 
 # ----------------------------------------------------------------------------- sentence files

@@ -127,13 +127,14 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                 context_padding_mask: torch.Tensor | None = None, cache: LayerCache | None = None,
-                return_weights: bool = False, rope=None):
+                return_weights: bool = False, rope=None, cross_rope=None):
         """x: (B, T, C); context: (B, S, C) encoder output, needed when the block has cross-attention.
 
         padding_mask: (B, T_k) True at real tokens of x (and of the cached past);
         context_padding_mask: (B, S) the same for the context; attn_mask: (T, T_k) or (B, T, T_k)
         boolean adjacency for self-attention; rope: the Rotation of x's positions for self-attention
-        (None without rotary positions). Returns (x, self_weights, cross_weights), the weights
+        (None without rotary positions); cross_rope: the CrossRotation of cross-attention (None: none).
+        Returns (x, self_weights, cross_weights), the weights
         (B, heads, T, T_k) when return_weights, else None.
         """
         post = self.post_norm
@@ -151,7 +152,7 @@ class Block(nn.Module):
             h, cross_weights = self.cross_attn(x if post else self.norm_cross(x), context,
                                                key_padding_mask=context_padding_mask,
                                                cache=cache.cross_attn if cache else None,
-                                               return_weights=return_weights)
+                                               return_weights=return_weights, rope=cross_rope)
             x = x + drop(self.dropout, h)
             x = self.norm_cross(x) if post else x
         # feed-forward

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..config import Config, ModelConfig
 from .block import NORM_PLACEMENTS, Block, LayerCache, registered, drop, make_norm
-from .position import make_positional
+from .position import CrossRotation, make_positional
 
 
 @dataclass
@@ -244,11 +244,15 @@ class EncoderDecoder(nn.Module):
         AttentionMaps with decoder_self and cross when return_weights, else None."""
         start = len(cache[0].self_attn) if cache else 0
         x, rope = self.tgt_embed(tgt, start, pos)
+        T, S = tgt.size(1), memory.size(1)
+        cross_rope = (CrossRotation(self.cfg.embedding_dim // self.cfg.num_heads,
+                                    torch.arange(start, start + T, device=tgt.device),
+                                    torch.arange(S, device=tgt.device)) if self.cfg.cross_rope else None)
         maps = AttentionMaps(decoder_self=[], cross=[]) if return_weights else None
         for i, block in enumerate(self.blocks):
             x, self_weights, cross_weights = block(x, memory, padding_mask=tgt_mask, context_padding_mask=src_mask,
                                                    cache=cache[i] if cache else None,
-                                                   return_weights=return_weights, rope=rope)
+                                                   return_weights=return_weights, rope=rope, cross_rope=cross_rope)
             if maps is not None:
                 maps.decoder_self.append(self_weights)
                 maps.cross.append(cross_weights)

@@ -15,9 +15,13 @@ must come from the task).
 Each module offers two things, either of which may be None:
     forward(pos)  -> (..., T, C) vectors added to the token embeddings
     rotation(pos) -> a Rotation applied to queries and keys of self-attention
-Cross-attention is never rotated: its queries (target) and keys (source) are positions in
-two different sequences, so their offset means nothing; the decoder learns the alignment from
-content (and, with additive encodings, from the positions added to both sides).
+Cross-attention is not rotated by default: its queries (target) and keys (source) are positions
+in two different sequences, so their offset means nothing in general; the decoder learns the
+alignment from content (and, with additive encodings, from the positions added to both sides).
+Where output and input run side by side (spelling correction: output character t sits near
+input character t), ``cross_rope`` rotates them too (CrossRotation): queries by their target
+position, keys by their source position, so a score depends on the offset t - s as well and a
+near-diagonal alignment is one pattern for every position instead of one per position.
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ class Rotation:
         x1, x2 = x.chunk(2, dim=-1)  # 2 x (B, nh, T, d/2)
         rotated = torch.cat([-x2, x1], dim=-1)  # (B, nh, T, d)
         return (x * self.cos + rotated * self.sin).to(x.dtype)
+
+
+class CrossRotation:
+    """cross_rope: cross-attention's queries rotated by their target positions and its keys by their source
+    positions, at RoPE's frequencies theta_i = 10000^(-2i/d), so <R(t) q, R(s) k> depends on t - s."""
+
+    def __init__(self, head_dim: int, target: torch.Tensor, source: torch.Tensor):
+        """target: (T,) positions of the queries (decoder inputs); source: (S,) positions of the keys."""
+        theta = _frequencies(head_dim // 2).to(target.device)
+        self.query = Rotation(target[:, None].float() * theta)  # angles (T, d/2)
+        self.key = Rotation(source[:, None].float() * theta)  # angles (S, d/2)
 
 
 def _frequencies(pairs: int, base: float = 10000.0) -> torch.Tensor:
