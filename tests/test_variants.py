@@ -25,6 +25,8 @@ from conftest import offline_text
 from helpers import TIMEOUT, grid_reference, popen, tiny
 from lm import config
 from lm.checkpoint import load as load_checkpoint
+from lm.data.spell import SpellTask
+from lm.jobs import SpellJob
 from lm.checkpoint import load_model
 from lm.config import ConfigError, ModelConfig
 from lm.generate import beam_search, generate, greedy_decode
@@ -123,9 +125,11 @@ def test_every_named_setting_has_its_registry(field, registry):
 
 
 def test_every_task_name_has_its_task():
-    """DataConfig.task's names: lm (the language-model job) and one class per generated task, in one order."""
-    assert config.TASKS == ("lm", *TASK_CLASSES)
+    """DataConfig.task's names: lm (the language-model job), one class per generated task, in one order, and
+    spell (sentences of a corpus: its SpellTask and SpellJob)."""
+    assert config.TASKS == ("lm", *TASK_CLASSES, "spell")
     assert all(TASK_CLASSES[name].name == name for name in TASK_CLASSES)
+    assert SpellTask.name == "spell" and SpellJob.__name__ == "SpellJob"
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

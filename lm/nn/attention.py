@@ -162,14 +162,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, *,
                 key_padding_mask: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
-                cache: KVCache | None = None, return_weights: bool = False, rope=None):
+                cache: KVCache | None = None, return_weights: bool = False, rope=None, cross_rope=None):
         """x: (B, T, C) queries' inputs; context: (B, S, C) for cross-attention (None = self-attention).
 
         Keys and values come from the cache (cross-attention after its first call) or are projected from
-        x (self-attention) or the context. rope: for self-attention a Rotation (lm.nn.position) of these T
-        positions, which turns its queries and this call's keys, before caching them; for cross-attention
-        a CrossRotation (cross_rope): queries by their target positions, keys by their source positions
-        (once, before caching); None = no rotation. key_padding_mask, attn_mask: see build_mask.
+        x (self-attention) or the context. rope: a Rotation (lm.nn.position) of these T positions, or None;
+        self-attention rotates its queries and this call's keys with it, before caching them;
+        cross-attention never does. cross_rope: a CrossRotation, or None; cross-attention rotates its
+        queries by their target positions and the source's keys by theirs (once, before caching).
+        key_padding_mask, attn_mask: see build_mask.
 
         Returns (y, weights): y is (B, T, C); weights is (B, heads, T, T_k) when return_weights, else None.
         """
@@ -182,12 +183,12 @@ class MultiHeadAttention(nn.Module):
             k, v = self.k_norm(self._heads(k)), self._value_heads(v)  # (B, nh, S, hs); v as the variant groups it
             if rope is not None and context is None:
                 q, k = rope(q), rope(k)  # RoPE: <R(m) q, R(n) k> depends on m - n only
-            elif rope is not None:
-                k = rope.key(k)  # cross_rope: the source's keys by their positions, stored rotated
+            elif cross_rope is not None and context is not None:
+                k = cross_rope.key(k)  # the source's keys by their positions, stored rotated
             if cache is not None:
                 k, v = cache.append(k, v)  # self-attention: past + new positions; cross: stored once
-        if rope is not None and context is not None:
-            q = rope.query(q)  # cross_rope: <R(t) q, R(s) k> depends on t - s
+        if cross_rope is not None and context is not None:
+            q = cross_rope.query(q)  # <R(t) q, R(s) k> depends on t - s
         causal = self.causal and context is None
         mask = build_mask(T, k.size(2), causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                           device=x.device)  # (T, T_k), (B, 1, 1, T_k), (B, 1, T, T_k) or None

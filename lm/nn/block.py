@@ -152,7 +152,7 @@ class Block(nn.Module):
             h, cross_weights = self.cross_attn(x if post else self.norm_cross(x), context,
                                                key_padding_mask=context_padding_mask,
                                                cache=cache.cross_attn if cache else None,
-                                               return_weights=return_weights, rope=cross_rope)
+                                               return_weights=return_weights, cross_rope=cross_rope)
             x = x + drop(self.dropout, h)
             x = self.norm_cross(x) if post else x
         # feed-forward
