@@ -361,7 +361,6 @@ class SpellJob(Seq2SeqJob):
         self.train_noise = (self.noise if d.train_noise_rate is None else
                             NoiseModel(d.train_noise_rate, d.noise_edits, d.misspelling_rate, misspellings))
         self.clean, self.noisy = self._held_out(data.val)
-        longest = max(len(self.task.encode(s)) for s in self.clean + self.noisy) + 1  # EOS / BOS
         if m.block_size < d.max_len + 1:
             raise ConfigError(f"block_size: {m.block_size} is too small for sentences of up to {d.max_len} "
                               f"characters (max_len): it must be at least max_len + 1 = {d.max_len + 1}")
@@ -373,8 +372,7 @@ class SpellJob(Seq2SeqJob):
         self._order_epoch, self._order = -1, None
         emit({"event": "task", "task": d.task, "vocab_size": self.task.vocab_size, "lengths": (d.min_len, d.max_len),
               "held_out": len(self.clean), "long_lengths": None, "path": source.name,
-              "sentences": (len(data.train), len(data.val)), "reused_cache": data.reused,
-              "longest_held_out": longest, **self.baselines})
+              "sentences": (len(data.train), len(data.val)), "reused_cache": data.reused, **self.baselines})
 
     def _tokenizer(self, emit: Callable[[dict], None]):
         """A fresh run's tokenizer: char, the training sentences' characters and every letter the noise can
