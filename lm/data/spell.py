@@ -5,7 +5,7 @@ stays bounded whatever the corpus's size. The first ``1 - val_fraction`` of the 
 training split, the rest the validation split, each through its own SentenceSplitter (max_chars =
 max_len, so a long sentence is cut at its semicolons, colons and commas first). Every sentence of
 min_len..max_len characters is kept: written to ``train.txt`` / ``val.txt`` in the run's data directory,
-one per line, with the byte offset of each line in ``train.idx`` / ``val.idx``, and read back through a
+one per line, with the byte offset of each line in ``train.idx.npy`` / ``val.idx.npy``, and read back through a
 memory map (SentenceFile). The files are reused while the corpus and these settings are unchanged.
 
 SpellTask is the vocabulary: a tokenizer (char, or a BPE learned from the training sentences) whose
@@ -26,7 +26,7 @@ import numpy as np
 from ..files import write_atomic, write_text_atomic
 from .corpus import DataError, _fingerprint
 from .sentences import SentenceSplitter, normalise_space
-from .tasks import NUM_SPECIALS, TokenLayout
+from .tasks import TokenLayout
 from .tokenizer import CharTokenizer, UnknownCharactersError, tokenizer_from_state
 from ..spelling import keep_known_changes
 
