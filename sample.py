@@ -21,18 +21,16 @@ quiet: no traceback, and no "Exception ignored" from the final flush of the clos
 from __future__ import annotations
 
 import argparse
-import codecs
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from lm.answers import answer, decode_tokens
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
-from lm.generate import beam_search, check_sampling, generate, greedy_decode, prepare_source
-from lm.data.sentences import normalise_space, split_sentences
-from lm.data.tasks import BOS, EOS, PAD
+from lm.generate import check_sampling, generate
 from lm.data.tokenizer import UnknownCharactersError
 from lm.device import resolve_device
 
@@ -122,15 +120,14 @@ def write_samples(prompt: str, tokens, n: int, tokenizer) -> None:
 
 
 def write_sample(prompt: str, token_ids, tokenizer, stream: bool) -> None:
-    """The prompt, the tokens' bytes decoded as UTF-8 (a BPE token may end mid-character), then a line
-    break; stream: flush after each token, as it is generated."""
+    """The prompt, the tokens' text (lm.answers.decode_tokens: a BPE token may end mid-character), then a
+    line break; stream: flush after each token, as it is generated."""
     sys.stdout.write(prompt)
-    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for token in token_ids:
-        sys.stdout.write(text.decode(tokenizer.token_bytes(token)))
+    for piece in decode_tokens(tokenizer, token_ids):
+        sys.stdout.write(piece)
         if stream:
             sys.stdout.flush()
-    sys.stdout.write(text.decode(b"", final=True) + "\n")
+    sys.stdout.write("\n")
 
 
 def input_length(task, symbols: list[int]) -> int:
@@ -169,7 +166,7 @@ def warn_if_untrained_length(task, symbols: list[int], cfg) -> None:
 
 
 def transduce(args, model, task, cfg, device) -> int:
-    """Seq2seq task: decode the output for one source sequence and print it."""
+    """Seq2seq task: decode the output for one source sequence and print it (lm.answers.answer)."""
     if args.input is None:
         example = {"add": "123+45", "grid": "012/340/567", "spell": "Thou art a vilain"}.get(cfg.data.task, "5 7 9 2")
         raise ValueError(f"{args.checkpoint} was trained on task {cfg.data.task!r}: give the source with --input, "
@@ -178,53 +175,10 @@ def transduce(args, model, task, cfg, device) -> int:
         raise ValueError("--prompt is for language-model checkpoints; for a seq2seq task use --input")
     if args.beam < 1:
         raise ValueError(f"--beam {args.beam} is not allowed; it must be >= 1 (1 = greedy)")
-    if task.name != "spell":
-        print(decode_one(args, model, task, cfg, device, args.input))
-        return 0
-    outputs = []
-    for text in spell_pieces(task, cfg, args.input):
-        output = decode_one(args, model, task, cfg, device, text)
-        outputs.append(task.keep_known_changes(text, output) if cfg.data.correction_filter == "known_words"
-                       else output)  # a word changed into a non-word is put back (docs/seq2seq.md)
-    print(" ".join(outputs))
+    print(answer(model, task, cfg, args.input, device, args.beam, args.length_penalty, use_cache=not args.no_cache,
+                 note=lambda message: print(message, file=sys.stderr),
+                 on_source=lambda source: warn_if_untrained_length(task, source.symbols, cfg)))
     return 0
-
-
-def decode_one(args, model, task, cfg, device, text: str) -> str:
-    """The model's output for one source, as the task writes it (greedy, or beam search with --beam)."""
-    source = prepare_source(task, cfg, text, device)
-    warn_if_untrained_length(task, source.symbols, cfg)
-    decode = dict(use_cache=not args.no_cache, src_pos=source.src_pos, tgt_pos=source.tgt_pos)
-    n = source.max_len
-    if args.beam == 1:
-        out = greedy_decode(model, source.src, source.mask, n, BOS, EOS, PAD, **decode)
-    else:
-        out = beam_search(model, source.src, source.mask, n, BOS, EOS, PAD, beam=args.beam,
-                          alpha=args.length_penalty, **decode)
-    tokens = out[0].tolist()
-    if EOS not in tokens:
-        print(f"note: no end-of-sequence token within {n} output tokens", file=sys.stderr)
-    return task.render(task.from_ids(tokens))
-
-
-def spell_pieces(task, cfg, text: str) -> list[str]:
-    """Task spell, best effort: characters the model never saw are left out (a note names them), and a text
-    longer than the model's block_size is corrected sentence by sentence (lm.data.sentences)."""
-    unknown = task.unknown_characters(text)
-    if unknown:
-        kept = "".join(c for c in text if c not in unknown)
-        print(f"note: the model never saw {', '.join(repr(c) for c in unknown)} in training; correcting the input "
-              f"without {'it' if len(unknown) == 1 else 'them'}", file=sys.stderr)
-        if not normalise_space(kept):
-            raise ValueError(f"the input {text!r} has no character this model knows")
-        text = kept
-    sentence = normalise_space(text)
-    if len(task.parse(sentence)) <= cfg.model.block_size:  # parse: the empty input's message
-        return [sentence]
-    pieces = split_sentences(sentence, max_chars=cfg.data.max_len)
-    print(f"note: the input is longer than this model's {cfg.model.block_size} positions (block_size); "
-          f"correcting it as {len(pieces)} pieces (sentences, cut at ; : , where long)", file=sys.stderr)
-    return pieces
 
 
 def run(args) -> int:

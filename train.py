@@ -144,6 +144,27 @@ def describe(m: dict) -> str:
     return ", ".join(parts)
 
 
+def examples_text(examples: list[dict], encoding: str | None = "utf-8") -> str:
+    """The examples of an evaluation (lm.jobs: Job.examples), a line each, for under its line:
+      ✓ 5 7 9 2 -> 2 9 7 5
+      ✗ 1 2 3 -> 3 2 2 (target 3 2 1)
+      ROMEO:↵ -> I'll tell thee↵...     (a language model's prompt and continuation, line breaks as ↵)
+    What the output's encoding cannot write (a corpus's characters, ✓ on a cp1252 pipe) becomes '?'."""
+    def one_line(text: str) -> str:
+        return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "↵")
+
+    lines = []
+    for x in examples:
+        if "prompt" in x:
+            lines.append(f"  {one_line(x['prompt'])} -> {one_line(x['continuation'])}")
+        elif x["right"]:
+            lines.append(f"  ✓ {x['input']} -> {x['prediction']}")
+        else:
+            lines.append(f"  ✗ {x['input']} -> {x['prediction']} (target {x['target']})")
+    encoding = encoding or "utf-8"
+    return "\n".join(lines).encode(encoding, "replace").decode(encoding)
+
+
 class PlainProgress:
     """Progress for a log file or pipe (not a terminal): a plain line at each tenth of the run and at
     least every `every` seconds, instead of a progress bar's carriage-return frames. The run is counted
@@ -216,6 +237,15 @@ class StageProgress:
             self.bar.close()
 
 
+def kept_line(t: dict, size: int) -> str:
+    """What the start says of the checkpoints kept over time: where, how often, and what each costs."""
+    when = [f"every {t['keep_every']} steps"] if t["keep_every"] else []
+    when += ["at the end of every epoch"] if t["keep_every_epoch"] else []
+    cap = f", at most {t['keep_last']} (the oldest removed)" if t["keep_last"] else ""
+    each = f"{size / 2**20:,.1f} MiB" if size >= 2**20 else f"{size / 2**10:,.1f} KiB"
+    return f"keeping a checkpoint {' and '.join(when)} in {t['out_dir']}/ckpt/ (~{each} each{cap})"
+
+
 class Console:
     """Turns the trainer's events into progress (a bar on a terminal, plain lines otherwise) and readable lines."""
 
@@ -275,6 +305,11 @@ class Console:
                   f"token (training); device {e['device']}, dtype {e['dtype']} ({e['dtype_reason']}); "
                   f"{'torch.compile (the first step compiles); ' if e['compiled'] else ''}{length}; "
                   f"run {e['run_id']}", flush=True)
+            if e.get("kept_checkpoint_bytes") is not None:
+                print(kept_line(t, e["kept_checkpoint_bytes"]), flush=True)
+            if t["logger"] == "tensorboard":
+                print(f"tensorboard: events in {t['out_dir']}/tensorboard (tensorboard --logdir {t['out_dir']})",
+                      flush=True)
             if self.budget is not None:  # progress in seconds of the budget, e.g. "123/600 s"
                 start = min(e["start_elapsed"], self.budget)
                 if self.stream.isatty():
@@ -307,6 +342,8 @@ class Console:
         elif kind == "eval":
             mark = " (best, saved best.pt)" if e["best"] else ""
             tqdm.write(f"step {e['step']}: {describe(e)}{mark}")
+            if e.get("examples"):
+                tqdm.write(examples_text(e["examples"], sys.stdout.encoding))
         elif kind == "final":
             self.close()
             where = "the whole validation split" if "final_val_bpc" in e else "the held-out sets"

@@ -193,6 +193,19 @@ class TrainConfig:
     # run trains eagerly. Checkpoints are the same either way. Off by default: in a run as short as
     # config.yaml's it costs more compile time than it saves (docs/benchmarks.md).
     compile: bool = False
+    # none | tensorboard (event files in out_dir/tensorboard/: every metrics line's numbers, the settings
+    # as hparams, and at each evaluation the attention overview and the shown examples; rank 0 only)
+    logger: Literal["none", "tensorboard"] = "none"
+    # at each evaluation, show this many held-out examples (seq2seq: input -> prediction vs target) or
+    # one greedy continuation of a fixed prompt (language model) in the console and TensorBoard; 0 = off
+    show_examples: int = 3
+    # keep a checkpoint every this many steps as out_dir/ckpt/step_000500.pt, each step evaluated
+    # (null = keep none; last.pt and best.pt are written as always)
+    keep_every: Optional[int] = None
+    # also keep one at the end of every epoch, as out_dir/ckpt/epoch_0003.pt (runs with epochs only)
+    keep_every_epoch: bool = False
+    # keep at most this many checkpoints in out_dir/ckpt/, the oldest removed first (null = all)
+    keep_last: Optional[int] = None
 
 
 @dataclass
@@ -235,6 +248,7 @@ TIKTOKEN_ENCODINGS = tuple(name for name in TOKENIZERS if name not in ("char", "
 LR_SCHEDULES = choices(TrainConfig, "lr_schedule")
 OPTIMIZERS = choices(TrainConfig, "optimizer")
 DTYPES = choices(TrainConfig, "dtype")
+LOGGERS = choices(TrainConfig, "logger")
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 SEED_MAX = 2**63 - 1
 RUN_LENGTH = {"train.epochs", "train.max_iters", "train.max_time"}  # the settings that decide how long a run is
@@ -601,6 +615,12 @@ def _validate_train(cfg: Config) -> None:
     _need(0 <= t.beta2 < 1, "beta2", t.beta2, "it must be in [0, 1)")
     _need(t.grad_clip >= 0, "grad_clip", t.grad_clip, "it must be >= 0 (0 = no clipping)")
     _choice(t, "dtype")
+    _choice(t, "logger")
+    _need(t.show_examples >= 0, "show_examples", t.show_examples, "it must be >= 0 (0 = show none)")
+    _need(t.keep_every is None or t.keep_every > 0, "keep_every", t.keep_every,
+          "it must be a positive number of steps (or null to keep none)")
+    _need(t.keep_last is None or t.keep_last > 0, "keep_last", t.keep_last,
+          "it must be a positive number of checkpoints (or null to keep all)")
     dev = t.device
     ok_dev = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
     _need(ok_dev, "device", dev, f"choose one of: {DEVICES}")

@@ -1,7 +1,8 @@
 """What is being learned: a job supplies the model, the batches, the loss and the evaluation.
 
 The training loop (``lm.trainer.train``) is the same for every job: it knows a job only through the
-``Job`` protocol below (its vocabulary, its length in epochs, its batches, its loss, its evaluations).
+``Job`` protocol below (its vocabulary, its length in epochs, its batches, its loss, its evaluations,
+the examples of its predictions shown at each evaluation).
 
     LanguageModelJob   task: lm       GPT on a text corpus, random block_size windows
     Seq2SeqJob         task: copy...  EncoderDecoder on generated (source, target) pairs
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .answers import answer, decode_tokens
 from .config import Config, ConfigError
 from .data.corpus import DataError, PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
 from .data.noise import NoiseModel, load_misspellings
@@ -35,13 +37,16 @@ from .data.tokenizer import CharTokenizer, make_tokenizer, tokenizer_from_state
 from .data.windows import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
-from .generate import greedy_decode
+from .generate import generate, greedy_decode
 from .nn.loss import token_loss
 from .spelling import DictionaryCorrector, known_words_of, spelling_scores
 
 # Data streams: each kind of batch draws from its own deterministic sequence.
 TRAIN_STREAM, EVAL_TRAIN_STREAM, EVAL_VAL_STREAM, HELD_OUT_STREAM, LONG_STREAM, ORDER_STREAM = range(6)
 BUCKET_BATCHES = 50  # task spell: batches' worth of shuffled sentences sorted by length together
+# task lm's example (LanguageModelJob.examples): a prompt of at most this many tokens (and half of
+# block_size), continued by at most this many (fewer where block_size ends first)
+EXAMPLE_PROMPT_TOKENS, EXAMPLE_NEW_TOKENS = 24, 64
 
 
 class Vocabulary(Protocol):
@@ -82,6 +87,13 @@ class Job(Protocol):
 
     def final(self, model: nn.Module, device: torch.device, dtype: torch.dtype, world: World = World()) -> dict:
         """The evaluation at the end of the run, its metrics named final_..., the same in every process."""
+
+    def examples(self, model: nn.Module, device: torch.device, dtype: torch.dtype, n: int) -> list[dict]:
+        """What the model predicts now, to show at an evaluation (show_examples): seq2seq, the first n
+        held-out examples {"input", "prediction", "target", "right"}; a language model, one continuation
+        {"prompt", "continuation", "max_new_tokens"} whatever n >= 1. Each is what sample.py prints for a
+        checkpoint of these weights: decoded as sample.py decodes (lm.answers), in float32 whatever dtype the
+        run trains in. The model's train/eval mode is left as it was. Any process may call it."""
 
 
 def vocab_from_state(state: dict):
@@ -207,6 +219,38 @@ class LanguageModelJob:
         loss = total / count
         return {"final_val_loss": loss, "final_val_bpc": bits_per_char(loss, self.tokens_per_char)}
 
+    def example_prompt(self) -> str:
+        """The examples' fixed prompt: in the validation split's first 1,024 tokens, the first whole line with
+        text after the first line break (the split may begin mid-line; where there is no such line, that
+        text from its start), cut to EXAMPLE_PROMPT_TOKENS tokens, or half of block_size where that is less."""
+        limit = max(1, min(EXAMPLE_PROMPT_TOKENS, self.cfg.model.block_size // 2))
+        text = "".join(decode_tokens(self.vocab, self.corpus.val[:1024].tolist()))
+        lines = text.split("\n")
+        whole = [line + "\n" for line in lines[1:-1] if line.strip()]  # the last piece may end mid-line
+        prompt = (whole[0] if whole else text)[: 8 * limit]  # more characters than limit tokens hold, mostly
+        while len(self.vocab.encode(prompt)) > limit and len(prompt) > 1:
+            prompt = prompt[:-1]
+        return prompt
+
+    def examples(self, model, device, dtype, n: int) -> list[dict]:
+        """One greedy continuation of example_prompt() (n > 1 still gives one; n = 0 none): {"prompt",
+        "continuation", "max_new_tokens"}, the continuation what `sample.py --prompt PROMPT --temperature 0
+        --max_new_tokens N` prints after the prompt; N = EXAMPLE_NEW_TOKENS, fewer where prompt and
+        continuation would not fit in block_size. In float32, as sample.py runs (dtype is not used)."""
+        if n < 1:
+            return []
+        prompt = self.example_prompt()
+        ids = self.vocab.encode(prompt)
+        new = max(1, min(EXAMPLE_NEW_TOKENS, self.cfg.model.block_size - len(ids)))
+        was_training = model.training
+        try:
+            idx = torch.tensor(ids, dtype=torch.long, device=device)[None]  # (1, T)
+            tokens = generate(model, idx, new, temperature=0.0)  # yields (1, 1) per step
+            continuation = "".join(decode_tokens(self.vocab, (token[0, 0].item() for token in tokens)))
+        finally:
+            model.train(was_training)
+        return [{"prompt": prompt, "continuation": continuation, "max_new_tokens": new}]
+
 
 # ----------------------------------------------------------------------------- seq2seq tasks
 
@@ -323,6 +367,27 @@ class Seq2SeqJob:
 
     def final(self, model, device, dtype, world: World = World()) -> dict:
         return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
+
+    def examples(self, model, device, dtype, n: int) -> list[dict]:
+        """The first n held-out examples (evaluate's), each written as the task writes it: the source as
+        sample.py --input takes it, and the target."""
+        task = self.task
+        return self.answers(model, device, [(task.render(task.from_ids(s)), task.render(task.from_ids(t)))
+                                            for s, t in self.held_out[:n]])
+
+    def answers(self, model, device, pairs: list[tuple[str, str]]) -> list[dict]:
+        """{"input", "prediction", "target", "right"} of each (input, target) text: the prediction what
+        `sample.py --input INPUT` prints (lm.answers.answer: greedy, each input alone, in float32), right =
+        prediction == target. (evaluate's exact match compares tokens, decoded in batches in the run's dtype:
+        it can disagree on an example, e.g. a sum with an extra leading zero, or two outputs about as likely.)
+        The model's mode is left as it was."""
+        was_training = model.training
+        try:
+            predictions = [answer(model, self.task, self.cfg, source, device) for source, _ in pairs]
+        finally:
+            model.train(was_training)
+        return [{"input": source, "prediction": p, "target": target, "right": p == target}
+                for (source, target), p in zip(pairs, predictions)]
 
 
 # ----------------------------------------------------------------------------- task spell
@@ -511,6 +576,11 @@ class SpellJob(Seq2SeqJob):
             out.update({f"{prefix}_{k}": v for k, v in spelling_scores(fixed, self.clean, self.noisy).items()})
             out[f"{prefix}_clean_changed"] = _changed(kept, self.clean)
         return {**out, **self.baselines}
+
+    def examples(self, model, device, dtype, n: int) -> list[dict]:
+        """The first n held-out sentences: the noisy one as input, the clean one as target, the prediction
+        sample.py's correction of the noisy one (correction_filter applied, lm.answers)."""
+        return self.answers(model, device, list(zip(self.noisy[:n], self.clean[:n])))
 
 
 def _rng(*key: int) -> random.Random:

@@ -4,6 +4,8 @@
     run.json       the run's identity: {"run_id", "created", "resumed_from"}; every checkpoint carries run_id
     last.pt, best.pt, metrics.jsonl, loss.png
                    the run's files (RUN_FILES), never mixed with another run's
+    ckpt/          checkpoints kept over time (keep_every, keep_every_epoch: KeptCheckpoints), and
+    tensorboard/   the TensorBoard events (logger: tensorboard): the run's directories (RUN_DIRS)
     data/          the token cache, keyed by the corpus, not by the run
 
 A fresh run gets a new run id. Resuming continues the run whose id the checkpoint carries; into a
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
+import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -32,6 +37,8 @@ RUN_INFO = "run.json"
 LOCK = ".lock"
 CHECKPOINTS = ("last.pt", "best.pt")
 RUN_FILES = (*CHECKPOINTS, "metrics.jsonl", "loss.png", RUN_INFO)
+KEPT_DIR = "ckpt"
+RUN_DIRS = (KEPT_DIR, "tensorboard")
 
 
 class RunDirError(ValueError):
@@ -136,7 +143,7 @@ def read_info(out_dir: Path) -> dict | None:
 
 def holds_run(out_dir: Path) -> bool:
     """True when out_dir holds any file of a run."""
-    return any((out_dir / name).exists() for name in RUN_FILES)
+    return any((out_dir / name).exists() for name in RUN_FILES + RUN_DIRS)
 
 
 def _describe(out_dir: Path, info: dict | None) -> str:
@@ -217,6 +224,67 @@ def start(out_dir: Path, info: dict, clear: bool) -> None:
         if clear:
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
+            for name in RUN_DIRS:
+                if (out_dir / name).is_dir():
+                    shutil.rmtree(out_dir / name)
         write_text_atomic(out_dir / RUN_INFO, json.dumps(info, indent=1) + "\n")
     except OSError as e:
         raise write_failure(out_dir / RUN_INFO, e)
+
+
+class KeptCheckpoints:
+    """The checkpoints a run keeps over time in out_dir/ckpt/: step_000500.pt every keep_every steps,
+    epoch_0003.pt at the end of every epoch (keep_every_epoch; epoch e ends at step
+    ceil(e * steps_per_epoch), as the run's length counts epochs), at most keep_last of them (the
+    oldest removed first). Each is a whole checkpoint (resumable, with the run id) plus the evaluation
+    of its step."""
+
+    STEP, EPOCH = re.compile(r"step_(\d+)\.pt"), re.compile(r"epoch_(\d+)\.pt")
+
+    def __init__(self, out_dir: Path, every: int | None, every_epoch: bool, last: int | None,
+                 steps_per_epoch: float | None):
+        self.dir, self.every, self.every_epoch, self.last = out_dir / KEPT_DIR, every, every_epoch, last
+        self.steps_per_epoch = steps_per_epoch
+
+    @property
+    def enabled(self) -> bool:
+        return self.every is not None or self.every_epoch
+
+    def names(self, step: int) -> list[str]:
+        """The kept checkpoints to write at a step, as paths relative to out_dir (none at most steps)."""
+        names = []
+        if self.every is not None and step % self.every == 0:
+            names.append(f"{KEPT_DIR}/step_{step:06d}.pt")
+        if self.every_epoch and self.steps_per_epoch:
+            epoch = math.floor(step / self.steps_per_epoch + 1e-9)
+            if epoch >= 1 and math.ceil(epoch * self.steps_per_epoch - 1e-9) == step:
+                names.append(f"{KEPT_DIR}/epoch_{epoch:04d}.pt")
+        return names
+
+    def step_of(self, path: Path) -> int | None:
+        """The step a kept checkpoint's name stands for (None for a file that is not one)."""
+        if m := self.STEP.fullmatch(path.name):
+            return int(m.group(1))
+        if (m := self.EPOCH.fullmatch(path.name)) and self.steps_per_epoch:
+            return math.ceil(int(m.group(1)) * self.steps_per_epoch - 1e-9)
+        return None
+
+    def files(self) -> list[tuple[int, Path]]:
+        """(step, path) of the kept checkpoints, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(self.step_of(p), p) for p in self.dir.iterdir()]
+        return sorted((step, p) for step, p in found if step is not None)
+
+    def prune(self) -> None:
+        """Remove the oldest kept checkpoints beyond keep_last."""
+        files = self.files()
+        if self.last is not None:
+            for _, path in files[: max(0, len(files) - self.last)]:
+                path.unlink(missing_ok=True)
+
+    def drop_after(self, step: int) -> None:
+        """Remove the kept checkpoints of steps after `step` (a resumed run takes those steps again)."""
+        for s, path in self.files():
+            if s > step:
+                path.unlink(missing_ok=True)

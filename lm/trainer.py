@@ -36,6 +36,7 @@ from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
 from .jobs import Job, make_job
+from .logger import TensorBoardLog
 from .nn import make_model
 from .optim import make_optimizer
 from .rundir import OutputError, RunLock, write_failure
@@ -118,6 +119,7 @@ class Trainer:
 
     run: Run
     metrics: MetricsLog
+    board: TensorBoardLog | None
 
     def __init__(self, cfg: Config, world: World, on_event: Event | None = None,
                  should_stop: Callable[[], bool] | None = None):
@@ -138,8 +140,16 @@ class Trainer:
             self.announce(n_steps)
             self.metrics = MetricsLog(self.out_dir / "metrics.jsonl", self.run.step if point else None,
                                       writes=self.world.is_main)
-            self.steps(n_steps)
-            return self.finish(n_steps)
+            self.board = None  # the TensorBoard events (logger: tensorboard), main process only
+            if self.cfg.train.logger == "tensorboard" and self.world.is_main:
+                self.board = TensorBoardLog(self.out_dir, self.run.step if point else None)
+                self.board.hparams(self.cfg.to_dict(), self.cfg.data.task)
+            try:
+                self.steps(n_steps)
+                return self.finish(n_steps)
+            finally:
+                if self.board is not None:
+                    self.board.close()
 
     def stop_asked(self) -> bool:
         """should_stop() on any process (a collective: every process asks at the same points)."""
@@ -160,12 +170,15 @@ class Trainer:
         if job is None or self.stop_asked():
             raise Interrupted(point.ckpt["step"] if point else 0, "stopped during data preparation, before "
                               "training; nothing of the run was changed")
+        check_keep(self.cfg, job)
         run = Run(self.cfg, job, info["run_id"], self.out_dir, self.world)
         if point:
             with explain_out_of_memory(self.cfg, "while restoring the checkpoint (the optimizer's state)"):
                 run.restore(point)
         if self.world.is_main:
             rundir.start(self.out_dir, info, clear)
+            if point:  # kept checkpoints past the resume point belong to the steps the run now takes again
+                run.kept.drop_after(run.step)
         return run
 
     def claim(self, point: ResumePoint | None, overwrite: bool) -> tuple[ResumePoint | None, dict, bool]:
@@ -194,6 +207,7 @@ class Trainer:
                    "dtype_reason": run.dtype_reason, "compiled": run.compiled is not None,
                    "world_size": self.world.size, "total_steps": n_steps, "start_step": run.step,
                    "max_time": t.max_time, "start_elapsed": run.elapsed, "run_id": run.run_id,
+                   "kept_checkpoint_bytes": run.checkpoint_bytes() if run.kept.enabled else None,
                    "config": self.cfg.to_dict()})
         self.warn()
 
@@ -209,7 +223,7 @@ class Trainer:
         while not run_ended(run.step, run.elapsed, self.cfg, n_steps):
             lr = lr_at(run.step, self.cfg, n_steps, run.elapsed)  # by the clock: after the time used before it
             self.step(batches, lr)
-            at_eval = run.step % t.eval_interval == 0
+            at_eval = run.evaluated_at(run.step)
             if at_eval or run.step % t.log_interval == 0:
                 self.log(lr, evaluate=at_eval)
             if self.stop_asked() and not run_ended(run.step, run.elapsed, self.cfg, n_steps):
@@ -224,14 +238,14 @@ class Trainer:
         every process sees the same elapsed time and stops at the same step with the same learning rates."""
         run = self.run
         t0 = clock()
-        loss, tokens = train_step(run, batches, lr)
+        loss, tokens, grad_norm = train_step(run, batches, lr)
         if run.device.type == "cuda":
             torch.cuda.synchronize()
         dt = clock() - t0
         if self.cfg.train.max_time is not None and self.world.size > 1:
             dt = self.world.sum([dt])[0] / self.world.size
         run.step, run.elapsed = run.step + 1, run.elapsed + dt
-        run.window.add(loss, tokens, dt)
+        run.window.add(loss, tokens, dt, grad_norm)
         self.warn()
         self.emit({"event": "step", "step": run.step, "loss": loss, "lr": lr, "elapsed_s": run.elapsed})
 
@@ -240,21 +254,53 @@ class Trainer:
         shared out among the processes), saved, and loss.png redrawn. Evaluation time is not counted in
         elapsed_s."""
         run = self.run
-        train_loss, tokens_per_sec = run.window.flush()
-        record = {"step": run.step, "train_loss": train_loss, "lr": lr, "tokens_per_sec": tokens_per_sec,
-                  "elapsed_s": run.elapsed, "world_size": self.world.size}
+        train_loss, tokens_per_sec, grad_norm = run.window.flush()
+        record = {"step": run.step, "train_loss": train_loss, "lr": lr, **run.other_lrs(lr), "grad_norm": grad_norm,
+                  "tokens_per_sec": tokens_per_sec, "elapsed_s": run.elapsed, "world_size": self.world.size}
         if evaluate:
             record.update(run.evaluate())
-        self.metrics.write(record)
+        self.write(record)
         if evaluate:
             self.save(record)
             self.plot()
         self.emit({"event": "log", **record})
 
+    def write(self, record: dict) -> None:
+        """A record into metrics.jsonl, and its numbers into the TensorBoard events."""
+        self.metrics.write(record)
+        if self.board is not None:
+            self.board.scalars(record)
+
     def save(self, evaluated: dict) -> None:
-        """Checkpoint an evaluated step (last.pt, and best.pt when its val_loss is the lowest yet) and
-        report the evaluation."""
-        self.emit({"event": "eval", **evaluated, "best": self.run.save_evaluated(evaluated["val_loss"])})
+        """Checkpoint an evaluated step (last.pt, best.pt when its val_loss is the lowest yet, and the
+        kept checkpoint of a keep step), show examples of the model's predictions, and report the
+        evaluation."""
+        run = self.run
+        best = run.save_evaluated(evaluated["val_loss"])
+        for name in run.kept.names(run.step):
+            run.save(name, evaluated)
+            run.kept.prune()
+        examples = run.examples()
+        if self.board is not None:
+            self.board_evaluation(examples)
+        self.emit({"event": "eval", **evaluated, "best": best, "examples": examples})
+
+    def board_evaluation(self, examples: list[dict]) -> None:
+        """The examples as text and the attention overview on the first one's input, into TensorBoard."""
+        run = self.run
+        if examples:
+            self.board.examples(run.step, examples_markdown(examples))
+        probe = examples[0] if examples else next(iter(run.job_examples(1)), None)
+        if probe is not None:
+            from .inspect.attention_maps import record as attention_record
+
+            text = probe.get("input", probe.get("prompt"))
+            try:
+                self.board.attention(run.step, attention_record(run.model, run.job.vocab, self.cfg, text, run.device))
+            except ValueError as e:  # e.g. a prompt longer than block_size: the run goes on without the image
+                self.emit({"event": "warning", "message": f"no attention image at step {run.step}: {e}"})
+            finally:
+                run.model.train()
 
     # --- finish
 
@@ -264,7 +310,7 @@ class Trainer:
         metrics.jsonl, marked "final" (a resume past this point drops it). Returns the run's summary."""
         run = self.run
         record = {"step": run.step, "final": True, "world_size": self.world.size}
-        if run.step % self.cfg.train.eval_interval != 0:
+        if not run.evaluated_at(run.step):
             if run.window.steps:  # the steps since the last metrics line (the window stays in the checkpoint)
                 record["train_loss"] = run.window.loss / run.window.steps
             record.update(run.evaluate())
@@ -275,7 +321,9 @@ class Trainer:
         self.stop_if_asked("during")
         record.update(final)
         record["elapsed_s"] = run.elapsed
-        self.metrics.write(record)
+        self.write(record)
+        if self.board is not None:
+            self.board.end()
         self.plot()
         self.emit({"event": "final", **record, "best_val_loss": run.best_val, "out_dir": str(self.out_dir)})
         steps = run.step if self.cfg.train.max_time is not None else n_steps  # by the clock: the steps it took
@@ -300,6 +348,25 @@ class Trainer:
         problem = self.metrics.plot(self.run.title())
         if problem:
             self.emit({"event": "warning", "message": problem})
+
+
+def check_keep(cfg: Config, job: Job) -> None:
+    """keep_every_epoch needs a job with epochs (a corpus or sentence file, not generated examples)."""
+    if cfg.train.keep_every_epoch and job.steps_per_epoch() is None:
+        raise ConfigError(f"keep_every_epoch: true keeps a checkpoint at each epoch's end, but task "
+                          f"{cfg.data.task!r} generates its examples and has no epochs; use keep_every: N (steps)")
+
+
+def examples_markdown(examples: list[dict]) -> str:
+    """The examples shown at an evaluation as TensorBoard text (markdown): one list item each."""
+    lines = []
+    for e in examples:
+        if "prompt" in e:
+            lines.append(f"- `{e['prompt']!r}` -> `{e['continuation']!r}`")
+        else:
+            mark = "right" if e["right"] else "wrong"
+            lines.append(f"- {mark}: `{e['input']}` -> `{e['prediction']}` (target `{e['target']}`)")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the data
@@ -396,6 +463,8 @@ class Run:
             self.optimizer = make_optimizer(self.model, cfg, self.device, self.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step, self.best_val, self.elapsed, self.window = 0, float("inf"), 0.0, Window()
+        self.kept = rundir.KeptCheckpoints(out_dir, t.keep_every, t.keep_every_epoch, t.keep_last,
+                                           job.steps_per_epoch())
         self.warnings: list[str] = []  # for the loop to report (emitted as "warning" events)
         # the training forward: the model, wrapped by DistributedDataParallel with several processes (it
         # averages the gradients across them) and by torch.compile with compile: true. self.model stays
@@ -446,6 +515,37 @@ class Run:
         self.best_val = ckpt["best_val_loss"] if ckpt["best_val_loss"] is not None else float("inf")
         self.window = Window(**ckpt.get("window", {}))
 
+    def evaluated_at(self, step: int) -> bool:
+        """Whether a step is evaluated (and checkpointed): every eval_interval steps, and every keep step."""
+        return step % self.cfg.train.eval_interval == 0 or bool(self.kept.names(step))
+
+    def other_lrs(self, lr: float) -> dict:
+        """The learning rate of each optimizer but AdamW's (lr) at this step: {"lr_muon": ...} with Muon."""
+        scale = lr / self.cfg.train.lr
+        return {f"lr_{name}": peak * scale for name, peak in self.optimizer.peak_lr.items() if name != "adamw"}
+
+    def examples(self) -> list[dict]:
+        """show_examples of the model's predictions now (lm.jobs: held-out examples, or a continuation)."""
+        n = self.cfg.train.show_examples
+        return self.job_examples(n) if n > 0 and self.world.is_main else []
+
+    def job_examples(self, n: int) -> list[dict]:
+        was_training = self.model.training
+        try:
+            return self.job.examples(self.model, self.device, self.dtype, n)
+        finally:
+            self.model.train(was_training)
+
+    def checkpoint_bytes(self) -> int:
+        """About what one checkpoint costs on disk: the weights (each tensor once, so tied weights count
+        once) and the optimizer's state, 2 tensors per parameter for AdamW (its moments), 1 for Muon
+        (its momentum), written as they are held (float32)."""
+        tensors = {t.data_ptr(): t.numel() * t.element_size() for t in self.model.state_dict().values()}
+        slots = {"adamw": 2, "muon": 1}
+        state = sum(slots.get(name, 2) * p.numel() * p.element_size()
+                    for name, opt in self.optimizer.parts.items() for g in opt.param_groups for p in g["params"])
+        return sum(tensors.values()) + state
+
     def evaluate(self) -> dict:
         """The job's evaluation of the model as it is now."""
         with explain_out_of_memory(self.cfg, f"while evaluating at step {self.step}"):
@@ -460,8 +560,9 @@ class Run:
             self.save("best.pt")
         return improved
 
-    def save(self, name: str) -> None:
-        """Write out_dir/name atomically; the previous file stays whole if anything fails."""
+    def save(self, name: str, evaluation: dict | None = None) -> None:
+        """Write out_dir/name atomically; the previous file stays whole if anything fails. evaluation: the
+        step's evaluation record, saved with a kept checkpoint (ckpt/...) so it can be labelled later."""
         bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise TrainingError(f"the weights became non-finite by step {self.step} ({', '.join(bad[:3])}...); "
@@ -475,9 +576,12 @@ class Run:
                    "elapsed_s": self.elapsed, "run_id": self.run_id, "window": vars(self.window).copy()}
         if self.scaler.is_enabled():
             payload["scaler"] = self.scaler.state_dict()
+        if evaluation is not None:
+            payload["evaluation"] = {k: v for k, v in evaluation.items() if isinstance(v, (int, float, str))}
         path = self.out_dir / name
         with explain_out_of_memory(self.cfg, f"while saving {path}"):
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 ckpt_io.save(path, payload)
             except OSError as e:
                 kept = f"the previous {name} is intact" if path.exists() else f"no {name} was written"
@@ -513,9 +617,9 @@ def is_compile_failure(e: BaseException) -> bool:
 
 # ----------------------------------------------------------------------------- one step
 
-def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
+def train_step(run: Run, batches, lr: float) -> tuple[float, int, float]:
     """One optimizer step at learning rate lr: grad_accum micro-batches forward and backward (gradients
-    averaged), then clip and update. Returns (mean loss, tokens seen). The host waits for the device once
+    averaged), then clip and update. Returns (mean loss, tokens seen, the gradients' norm before clipping). The host waits for the device once
     per step, for the loss and the gradients' norm together.
 
     With N processes (lm.distributed), each runs grad_accum / N of the step's micro-batches (batches
@@ -565,7 +669,7 @@ def train_step(run: Run, batches, lr: float) -> tuple[float, int]:
             run.scaler.step(part)
         run.scaler.update()
         run.optimizer.zero_grad(set_to_none=True)
-    return step_loss, tokens
+    return step_loss, tokens, grad_norm
 
 
 # ----------------------------------------------------------------------------- the clock, schedule and length
@@ -705,15 +809,17 @@ class Window:
     steps: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    grad_norm: float = 0.0  # summed over the steps (a checkpoint from before it existed has none: 0)
 
-    def add(self, loss: float, tokens: int, seconds: float) -> None:
+    def add(self, loss: float, tokens: int, seconds: float, grad_norm: float = 0.0) -> None:
         self.loss, self.steps = self.loss + loss, self.steps + 1
-        self.tokens, self.seconds = self.tokens + tokens, self.seconds + seconds
+        self.tokens, self.seconds, self.grad_norm = self.tokens + tokens, self.seconds + seconds, self.grad_norm + grad_norm
 
-    def flush(self) -> tuple[float, float]:
-        """(mean training loss, tokens per second) of the window, which then starts again empty."""
-        out = self.loss / self.steps, self.tokens / self.seconds
-        self.loss, self.steps, self.tokens, self.seconds = 0.0, 0, 0, 0.0
+    def flush(self) -> tuple[float, float, float]:
+        """(mean training loss, tokens per second, mean gradient norm) of the window, which then starts
+        again empty."""
+        out = self.loss / self.steps, self.tokens / self.seconds, self.grad_norm / self.steps
+        self.loss, self.steps, self.tokens, self.seconds, self.grad_norm = 0.0, 0, 0, 0.0, 0.0
         return out
 
 

@@ -35,10 +35,11 @@ Which lines are commands
     names only files that exist, and every module of ``lm/`` (and the explorer page) appears in it.
 
 (c) Checkpoints come from somewhere
-    A checkpoint or run directory that a command reads (``--checkpoint PATH``, sample.py's default
-    checkpoint, ``--resume`` (its ``out_dir``), ``--resume=PATH``, visualize ``--runs DIR ...``) must be
-    written by an earlier command of the same page: a ``train.py`` run whose ``out_dir`` (``--out_dir=``, else
-    its ``--config`` file's, else the default) is PATH, or holds PATH as ``last.pt`` / ``best.pt``.
+    A checkpoint or run directory that a command reads (``--checkpoint PATH``, visualize's ``--checkpoint PATH
+    ...``, sample.py's default checkpoint, ``--resume`` (its ``out_dir``), ``--resume=PATH``, visualize
+    ``--runs DIR ...``) must be written by an earlier command of the same page: a ``train.py`` run whose
+    ``out_dir`` (``--out_dir=``, else its ``--config`` file's, else the default) is PATH, or holds PATH as
+    ``last.pt`` / ``best.pt`` or as its kept checkpoints (``ckpt/``, ``ckpt/NAME.pt``).
     Otherwise the command says where it comes from, on its own line or on the comment line just above it:
         ``# from: python train.py --config configs/reverse.yaml``  a train.py command whose out_dir holds it
         ``# from: docs/seq2seq.md``                              a page where a command writes it
@@ -449,8 +450,11 @@ class PageCheck:
 
     @staticmethod
     def provides(out_dirs: set[str], p: str) -> bool:
+        """p is a run directory written, its last.pt / best.pt, or its kept checkpoints (ckpt/, ckpt/NAME.pt)."""
         head, _, name = p.rpartition("/")
-        return p in out_dirs or (name in CHECKPOINT_NAMES and head in out_dirs)
+        kept = head if name.endswith(".pt") else p  # the folder of ckpt/NAME.pt, or the folder itself
+        return (p in out_dirs or (name in CHECKPOINT_NAMES and head in out_dirs)
+                or (kept.endswith("/ckpt") and kept[: -len("/ckpt")] in out_dirs))
 
     # --- the programs
 
@@ -506,8 +510,9 @@ class PageCheck:
                 self.written.add(run.out_dir)
         elif script in ("sample.py", "visualize.py"):
             ns = quietly(lambda: program(script[:-3]).parse_args(args))
-            if getattr(ns, "checkpoint", None):
-                self.need_run(ns.checkpoint, cmd)
+            given = getattr(ns, "checkpoint", None) or []
+            for path in [given] if isinstance(given, str) else given:  # visualize.py: one or several
+                self.need_run(path, cmd)
             for run_dir in getattr(ns, "runs", None) or []:
                 self.need_run(run_dir, cmd)
             if getattr(ns, "prompt_file", None):

@@ -1,5 +1,6 @@
 """The attention explorer page (lm.inspect.explorer): self-contained, safe against any token, and, in headless
-Chromium (tests/browser.py), drawing, switching, reading out and colouring what the data says."""
+Chromium (tests/browser.py), drawing, switching, reading out and colouring what the data says; each head's
+distance and entropy under its thumbnail; a page of several checkpoints and its slider."""
 
 import json
 import math
@@ -7,9 +8,11 @@ import random
 import re
 from contextlib import ExitStack
 
+import numpy as np
 import pytest
 
 from browser import launch, open_page
+from lm.inspect.attention_maps import head_stats
 from lm.inspect.explorer import TEMPLATE, explorer_html, write_explorer
 
 HOSTILE = ["</script><script>alert(1)</script>", "<!--", "-->", "</SCRIPT >", "&amp;", "\u2028", "\\u003c", '"']
@@ -39,9 +42,10 @@ def lm_data(tokens=tuple("ROMEO: o\nhi\t!"), layers=2, heads=4, seed=0):
                        "num_blocks": layers, "num_heads": heads}}
 
 
-def seq2seq_data(layers=2, heads=4, seed=1):
+def seq2seq_data(layers=2, heads=4, seed=1, output="edcba"):
+    """A reverse model's example; target: BOS and the output's characters (the decoder inputs)."""
     rng = random.Random(seed)
-    source, target = list("abcde"), ["<bos>", "e", "d", "c", "b", "a"]
+    source, target = list("abcde"), ["<bos>", *output]
     S, T = len(source), len(target)
     return {"kind": "seq2seq", "tokens": {"source": source, "target": target},
             "attentions": {"encoder_self": maps(rng, layers, heads, S, S),
@@ -49,7 +53,26 @@ def seq2seq_data(layers=2, heads=4, seed=1):
                            "cross": maps(rng, layers, heads, T, S)},
             "config": {"task": "reverse", "attention": "standard", "pos_encoding": "rope",
                        "num_blocks": layers, "num_heads": heads},
-            "output": "edcba"}
+            "output": output}
+
+
+def with_stats(data):
+    """data with each head's mean attention distance and entropy, as AttentionRecord.to_json() adds them."""
+    stats = {}
+    for kind, layers in data["attentions"].items():
+        distance, entropy = head_stats(np.array(layers))
+        stats[kind] = {"distance": distance.tolist(), "entropy": entropy.tolist()}
+    return {**data, "stats": stats}
+
+
+def frames_data(outputs=("e", "edb", "edcba"), steps=(100, 200, 300)):
+    """Three checkpoints of one reverse model: each frame its own output, so its own target tokens and maps."""
+    frames = []
+    for i, (step, output) in enumerate(zip(steps, outputs)):
+        frame = with_stats(seq2seq_data(seed=10 + i, output=output))
+        frames.append({"step": step, "label": f"step {step} · exact {20 * (i + 1):.1f}%",
+                       "checkpoint": f"out/reverse/ckpt/step_{step:06d}.pt", **frame})
+    return {"frames": frames, "view": {"layer": 1, "head": 2}}
 
 
 def signed_data(n=8, layers=1, heads=2, lam=0.8, seed=2):
@@ -113,6 +136,35 @@ def test_maps_that_do_not_match_the_tokens_are_refused():
     data = lm_data()
     data["attentions"]["decoder_self"][0][0][0][0] = float("nan")
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        explorer_html(data)
+
+
+def test_stats_that_do_not_match_the_heads_are_refused():
+    data = with_stats(lm_data(layers=2, heads=4))
+    data["stats"]["decoder_self"]["entropy"][1].pop()
+    with pytest.raises(ValueError, match=r"stats\['decoder_self'\]\['entropy'\] must have one number per layer "
+                                         r"and head of decoder_self \(4 \+ 4\)"):
+        explorer_html(data)
+
+
+def test_frames_must_be_of_one_model_with_a_step_and_a_label():
+    data = frames_data()
+    assert json.loads(embedded(explorer_html(data))) == data  # each frame with its own tokens: allowed
+    for change, message in [
+        (lambda d: d["frames"].clear(), "frames must be a non-empty list"),
+        (lambda d: d["frames"][1].pop("step"), "frame 1 needs a step"),
+        (lambda d: d["frames"][2].update(label=None), "frame 2 needs a step .* and a label"),
+        (lambda d: d["frames"].append({"step": 400, "label": "step 400", **with_stats(seq2seq_data(heads=2))}),
+         r"frame 3 \(step 400\) is not of the same model as frame 0 \(step 100\)"),
+        (lambda d: d["frames"].append({"step": 400, "label": "step 400", **lm_data()}), "not of the same model"),
+    ]:
+        data = frames_data()
+        change(data)
+        with pytest.raises(ValueError, match=message):
+            explorer_html(data)
+    data = frames_data()
+    data["frames"][1]["attentions"]["cross"] = data["frames"][1]["attentions"]["encoder_self"]
+    with pytest.raises(ValueError, match="each cross map must be 4 x 5"):  # every frame checked as one example
         explorer_html(data)
 
 
@@ -188,6 +240,7 @@ def test_the_page_loads_offline_and_draws_the_map(show):
         let dark = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) dark++; return dark; })()""")
     assert labelled > 20
     assert not page.locator("#kind").is_visible()  # one kind only: no choice to offer
+    assert not page.locator("#step").is_visible()  # one example: no checkpoints to slide through
     assert not page.locator("#output").is_visible()  # an lm has no output to show
     assert page.locator("#summary").inner_text().startswith("language model")
     assert "2 layers × 4 heads" in page.locator("#summary").inner_text()
@@ -322,4 +375,71 @@ def test_long_sequences_keep_a_sensible_size(show):
     assert page.inner_text("#readout").startswith('query 200 "s" → key 100 "w": ')
     for h in range(2):
         assert page.locator("#all-heads .head-thumb canvas").nth(h).bounding_box()["width"] <= 130
+    opened.assert_clean()
+
+
+def thumb_stats(page):
+    """(distance, entropy) of each thumbnail's caption, "dist 1.23 · H 0.45"."""
+    captions = page.eval_on_selector_all("#all-heads .head-stats", "ss => ss.map(s => s.textContent)")
+    out = []
+    for caption in captions:
+        match = re.fullmatch(r"dist (\d+\.\d\d) · H (\d+\.\d\d)", caption)
+        assert match, caption
+        out.append((float(match.group(1)), float(match.group(2))))
+    return out
+
+
+def test_each_thumbnail_shows_its_heads_distance_and_entropy(show):
+    data = with_stats(seq2seq_data())
+    opened = show(data)
+    page = opened.page
+    page.select_option("#kind", "cross")
+    page.select_option("#layer", "1")
+    stats = data["stats"]["cross"]
+    shown = thumb_stats(page)
+    assert len(shown) == 4
+    for h, (distance, entropy) in enumerate(shown):
+        assert distance == pytest.approx(stats["distance"][1][h], abs=0.0051)
+        assert entropy == pytest.approx(stats["entropy"][1][h], abs=0.0051)
+    assert page.locator("#all-heads .head-thumb").nth(0).locator("span").first.inner_text() == "head 0"
+    opened.assert_clean()
+
+
+def test_the_slider_moves_between_checkpoints(show):
+    data = frames_data()
+    frames = data["frames"]
+    opened = show(data)
+    page = opened.page
+
+    def shown():
+        return page.evaluate("({frame: window.explorer.frame, step: window.explorer.step, kind: window.explorer.kind,"
+                             " layer: window.explorer.layer, head: window.explorer.head, rows: window.explorer.rows,"
+                             " drawn: document.getElementById('heatmap').dataset.frame})")
+
+    assert page.locator("#step").is_visible()
+    assert page.get_attribute("#step", "type") == "range" and page.get_attribute("#step", "max") == "2"
+    at = shown()  # the last checkpoint, at the view's layer and head
+    assert (at["frame"], at["step"], at["drawn"], at["layer"], at["head"]) == (2, 300, "2", 1, 2)
+    assert page.inner_text("#step-label") == frames[2]["label"]
+    assert "3 checkpoints" in page.inner_text("#summary")
+    page.select_option("#kind", "cross")
+    last = pixels(page)
+    last_stats = thumb_stats(page)
+    page.fill("#step", "0")
+    at = shown()
+    assert (at["frame"], at["step"], at["drawn"]) == (0, 100, "0")
+    assert (at["kind"], at["layer"], at["head"]) == ("cross", 1, 2)  # what is shown stays
+    assert at["rows"] == frames[0]["tokens"]["target"] == ["<bos>", "e"]  # the frame's own tokens
+    assert pixels(page) != last
+    assert page.inner_text("#step-label") == frames[0]["label"]
+    assert page.inner_text("#output") == "model output: e"
+    assert "target 2 tokens" in page.inner_text("#summary")
+    assert thumb_stats(page) != last_stats
+    for h, (distance, _) in enumerate(thumb_stats(page)):  # the thumbnails are the frame's own
+        assert distance == pytest.approx(frames[0]["stats"]["cross"]["distance"][1][h], abs=0.0051)
+    hover_cell(page, 1, 3)
+    w = frames[0]["attentions"]["cross"][1][2][1][3]
+    assert page.inner_text("#readout") == f'query 1 "e" → key 3 "d": {w:.4f}'
+    page.fill("#step", "2")
+    assert shown()["frame"] == 2 and pixels(page) == last  # and back
     opened.assert_clean()

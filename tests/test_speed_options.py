@@ -359,7 +359,7 @@ def _compile_runs_the_training_forward_through_torch_compile(setting, on):
         torch._dynamo.reset()
         run = setting.run()
         run.model.train()
-        loss, _ = train_step(run, run.job.batches(start=0), run.cfg.train.lr)
+        loss, _, _ = train_step(run, run.job.batches(start=0), run.cfg.train.lr)
     finally:
         torch.compile = real_compile
         torch._dynamo.reset()

@@ -1,9 +1,12 @@
 """Seeing inside: the one attention-weights convention (AttentionMaps) of every model kind and variant,
-attention records of real checkpoints, visualize.py end to end (PNGs, attention.json, attention.html,
---runs), and loss.png written by every run."""
+attention records of real checkpoints, how heads specialise (mean attention distance and entropy on hand-made
+maps), visualize.py end to end (PNGs, attention.json, attention.html, --runs, attention across checkpoints with
+its strips and slider), and loss.png written by every run."""
 
 import hashlib
 import json
+import math
+import shutil
 
 import matplotlib
 import numpy as np
@@ -12,16 +15,17 @@ import torch
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from helpers import cli, tiny
+from helpers import cli, metrics, tiny
 from lm import trainer
 from lm.inspect import plots
 from lm.inspect import attention_maps
-from lm.inspect.attention_maps import AttentionRecord, record
-from lm.checkpoint import load_model
+from lm.inspect.attention_maps import AttentionRecord, Frame, head_stats, record
+from lm import checkpoint as ckpt_io
+from lm.checkpoint import CheckpointError, load_model
 from lm.config import ModelConfig
 from lm.config import load as load_config
 from lm.nn import GPT, AttentionMaps, Encoder, EncoderDecoder
-from lm.inspect.runs import RunError, load_runs
+from lm.inspect.runs import RunError, checkpoint_files, evaluation_of, load_runs, step_label
 from lm.data.tasks import BOS, EOS
 
 VARIANTS = [("learned", "standard", "pre"), ("rope", "differential", "post"), ("sinusoidal", "differential", "pre"),
@@ -182,6 +186,66 @@ def test_grid_tokens_show_the_row_separator_and_differential_maps_count_as_signe
     assert rec.config["attention"] == "differential" and rec.config["grid_op"] == "rotate"
     assert rec.signed  # by its attention, even where no weight happens to be negative
     assert plots._colours(rec)[0] == "RdBu_r"
+
+
+# ----------------------------------------------------------------------------- how heads specialise
+
+def one_head(rows):
+    """A (1, 1, T_q, T_k) stack of one hand-made map."""
+    return np.array(rows, dtype=np.float32)[None, None]
+
+
+def test_a_head_that_looks_at_its_own_position_has_distance_and_entropy_zero():
+    distance, entropy = head_stats(one_head(np.eye(5)))
+    assert distance.shape == entropy.shape == (1, 1)
+    assert distance[0, 0] == 0 and entropy[0, 0] == 0
+    assert math.copysign(1.0, entropy[0, 0]) == 1.0  # 0.0, not -0.0 (a caption would read "-0.00")
+
+
+def test_a_uniform_head_has_entropy_ln_n_and_the_mean_offset_as_distance():
+    distance, entropy = head_stats(one_head(np.full((3, 4), 0.25)))  # every row uniform over 4 keys
+    mean_offset = np.mean([np.mean([abs(q - k) for k in range(4)]) for q in range(3)])  # (1.5 + 1 + 1) / 3
+    assert distance[0, 0] == pytest.approx(mean_offset) and mean_offset == pytest.approx(7 / 6)
+    assert entropy[0, 0] == pytest.approx(math.log(4))
+    # causal and uniform: row q spreads over its q + 1 keys (0..q), at mean offset q / 2
+    causal = np.tril(np.ones((6, 6))) / np.arange(1, 7)[:, None]
+    distance, entropy = head_stats(one_head(causal))
+    assert distance[0, 0] == pytest.approx(np.mean(np.arange(6) / 2))
+    assert entropy[0, 0] == pytest.approx(np.mean(np.log(np.arange(1, 7))))
+
+
+def test_a_head_that_looks_one_back_has_distance_one():
+    back = np.eye(6, k=-1)  # row q reads q - 1 ...
+    back[0, 1] = 1.0  # ... and row 0, which has nothing before it, the one after
+    distance, entropy = head_stats(one_head(back))
+    assert distance[0, 0] == pytest.approx(1.0) and entropy[0, 0] == 0
+    # cross-attention counts the same index offset: target position q reading source position q + 1
+    distance, _ = head_stats(one_head(np.eye(3, 5, k=1)))
+    assert distance[0, 0] == pytest.approx(1.0)
+
+
+def test_signed_maps_are_measured_by_their_magnitudes_renormalised_per_row():
+    signed = [[0.9, 0.0], [-0.3, 0.1]]  # differential attention: rows sum to 1 - lambda, here 0.9 and -0.2
+    distance, entropy = head_stats(one_head(signed))
+    # |w| per row: [1, 0] (distance 0, entropy 0) and [0.75, 0.25] (distance 0.75, entropy of 3:1)
+    assert distance[0, 0] == pytest.approx(0.75 / 2)
+    assert entropy[0, 0] == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / 2)
+    assert head_stats(one_head([[0.0, 0.0], [0.0, 1.0]]))[1][0, 0] == 0  # a row with no weight counts 0
+
+
+def test_stats_are_per_layer_and_head_and_in_the_json():
+    heads = np.stack([np.eye(4), np.full((4, 4), 0.25), np.eye(4, k=-1) + np.eye(4, k=3)])  # (3, 4, 4)
+    maps = np.stack([heads, heads[::-1]]).astype(np.float32)  # (2 layers, 3 heads, 4, 4)
+    distance, entropy = head_stats(maps)
+    assert distance.shape == entropy.shape == (2, 3)
+    np.testing.assert_allclose(distance[0], [0.0, 1.25, 1.5])  # the last: rows 1..3 one back, row 0 three on
+    np.testing.assert_allclose(distance[1], distance[0, ::-1])
+    np.testing.assert_allclose(entropy[0], [0.0, math.log(4), 0.0], atol=1e-12)
+    rec = AttentionRecord("lm", list("abcd"), {"decoder_self": maps}, {"task": "lm"})
+    stats = rec.to_json()["stats"]
+    assert list(stats) == ["decoder_self"] and set(stats["decoder_self"]) == {"distance", "entropy"}
+    assert stats["decoder_self"]["distance"] == [[0.0, 1.25, 1.5], [1.5, 1.25, 0.0]]
+    assert stats["decoder_self"]["entropy"][0][1] == pytest.approx(math.log(4), abs=1e-5)  # rounded to 5 decimals
 
 
 # ----------------------------------------------------------------------------- visualize.py
@@ -477,4 +541,189 @@ def test_the_explorer_of_a_real_checkpoint_renders_and_switches_heads(checkpoint
         assert drawn() != cross
         page.select_option("#head", "2")
         assert drawn() == cross
+        opened.assert_clean()
+
+
+# ----------------------------------------------------------------------------- attention across checkpoints
+
+def lm_frames(steps):
+    """Frames of a made-up two-layer, two-head language model over "abcd": its last head sharpens from
+    uniform (causal) towards the diagonal as the step grows."""
+    uniform = np.tril(np.ones((4, 4))) / np.arange(1, 5)[:, None]
+    frames = []
+    for i, step in enumerate(steps):
+        t = i / max(1, len(steps) - 1)
+        head = (1 - t) * uniform + t * np.eye(4)
+        maps = np.stack([np.stack([uniform, head])] * 2).astype(np.float32)  # (2, 2, 4, 4)
+        rec = AttentionRecord("lm", list("abcd"), {"decoder_self": maps},
+                              {"task": "lm", "attention": "standard", "pos_encoding": "learned"})
+        frames.append(Frame(step, f"step {step} · val loss {2.0 - t:.4f}", rec, f"ckpt/step_{step}.pt"))
+    return frames
+
+
+def test_the_strip_draws_one_heatmap_per_checkpoint_and_the_stats_against_step(tmp_path):
+    frames = lm_frames([10, 20, 30])
+    fig = plots.plot_strip(frames, "decoder_self", 1, 1, tmp_path / "strip3.png")
+    maps = [ax for ax in fig.axes if ax.images]
+    assert len(maps) == 3
+    assert [ax.get_title() for ax in maps] == [f.label for f in frames]
+    for ax, frame in zip(maps, frames):
+        np.testing.assert_array_equal(ax.images[0].get_array(), frame.record.maps["decoder_self"][1, 1])
+        distance, entropy = (float(s[1, 1]) for s in frame.record.stats()["decoder_self"])
+        assert ax.get_xlabel() == f"distance {distance:.2f} · entropy {entropy:.2f}"
+    assert maps[-1].get_xlabel() == "distance 0.00 · entropy 0.00"  # the diagonal at the last step
+    curves = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    distance = curves["mean distance (positions)"]
+    entropy = curves["mean entropy (nats)"]
+    assert list(distance.get_xdata()) == [10, 20, 30] and list(entropy.get_xdata()) == [10, 20, 30]
+    np.testing.assert_allclose(entropy.get_ydata(), [float(f.record.stats()["decoder_self"][1][1, 1]) for f in frames])
+    assert distance.get_ydata()[0] > distance.get_ydata()[1] > distance.get_ydata()[2] == 0
+    one = plots.plot_strip(frames[:1], "decoder_self", 1, 1, tmp_path / "strip1.png")
+    assert len([ax for ax in one.axes if ax.images]) == 1
+    assert rgb(tmp_path / "strip3.png").shape[1] > rgb(tmp_path / "strip1.png").shape[1] + 300  # wider per panel
+
+
+def test_labels_say_the_step_and_the_held_out_exact_match_or_the_validation_loss():
+    assert step_label(300, {"val_loss": 0.1, "val_exact": 0.87, "long_exact": 0.0}) == "step 300 · exact 87.0%"
+    assert step_label(300, {"val_loss": 1.23456, "val_bpc": 1.8}) == "step 300 · val loss 1.2346"
+    assert step_label(300, None) == "step 300"
+    assert step_label(300, {"train_loss": 2.0}) == "step 300"
+
+
+def test_the_evaluation_comes_from_the_checkpoint_else_from_its_runs_metrics(tmp_path):
+    run = tmp_path / "run"
+    (run / "ckpt").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(
+        '{"step": 10, "train_loss": 2.5}\n'                      # a log line without evaluation
+        '{"step": 20, "train_loss": 2.0, "val_loss": 1.9, "val_exact": 0.25}\n'
+        '{"step": 20, "final": true, "final_val_loss": 1.8}\n')
+    saved = {"val_loss": 0.5, "val_exact": 0.5}
+    assert evaluation_of(run / "ckpt" / "step_000020.pt", {"step": 20, "evaluation": saved}) == saved
+    assert evaluation_of(run / "ckpt" / "step_000020.pt", {"step": 20})["val_exact"] == 0.25  # the run's, above ckpt/
+    assert evaluation_of(run / "last.pt", {"step": 20})["val_loss"] == 1.9  # the run's, beside last.pt
+    assert evaluation_of(run / "ckpt" / "step_000010.pt", {"step": 10}) is None  # logged, never evaluated
+    assert evaluation_of(tmp_path / "alone.pt", {"step": 20}) is None  # no metrics.jsonl
+
+
+def test_a_directory_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    with pytest.raises(CheckpointError, match="no checkpoints in .*ckpt.*: it holds no \\*.pt file"):
+        checkpoint_files([tmp_path / "run" / "ckpt"])
+    with pytest.raises(CheckpointError, match="the run's kept checkpoints are in"):
+        checkpoint_files([tmp_path / "run"])
+
+
+@pytest.mark.slow
+def test_visualize_refuses_a_directory_without_checkpoints(tmp_path):
+    (tmp_path / "run" / "ckpt").mkdir(parents=True)
+    done = cli("visualize.py", "--checkpoint", tmp_path / "run" / "ckpt", "--input", "1 2", "--out", tmp_path / "viz")
+    assert done.returncode == 2 and "no checkpoints in" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "viz").exists()
+
+
+@pytest.fixture(scope="module")
+def over_training(tmp_path_factory):
+    """A tiny reverse model at two steps, kept out of order by name in run/ckpt/: a.pt is step 40, saved with its
+    evaluation (as the trainer keeps checkpoints); b.pt is step 20, without one (found in run/metrics.jsonl)."""
+    root = tmp_path_factory.mktemp("steps")
+    run = root / "run"
+    args = ["--task=reverse", "--max_len=6", "--eval_long_len=8", f"--out_dir={run}", "--block_size=24",
+            "--num_blocks=2", "--num_heads=4", "--embedding_dim=32", "--eval_interval=10", "--batch_size=8",
+            "--held_out_size=20", "--device=cpu", "--warmup_iters=2", "--dtype=float32"]
+    done = cli("train.py", *args, "--max_iters=20")
+    assert done.returncode == 0, done.stderr
+    (run / "ckpt").mkdir()
+    shutil.copy(run / "last.pt", run / "ckpt" / "b.pt")
+    done = cli("train.py", "--resume", f"--out_dir={run}", "--max_iters=40")
+    assert done.returncode == 0, done.stderr
+    ckpt = ckpt_io.load(run / "last.pt")
+    assert ckpt["step"] == 40
+    ckpt_io.save(run / "ckpt" / "a.pt", {**ckpt, "evaluation": {"val_loss": 0.25, "val_exact": 0.875}})
+    return run
+
+
+@pytest.mark.slow
+def test_visualize_across_checkpoints_writes_strips_frames_and_a_page(over_training, tmp_path):
+    run, out = over_training, tmp_path / "viz"
+    done = cli("visualize.py", "--checkpoint", run / "ckpt", "--input", "5 7 9 2", "--out", out, "--layer", "0")
+    assert done.returncode == 0, done.stderr
+    kinds = ("encoder_self", "decoder_self", "cross")
+    assert pngs(out) == sorted(f"{kind}_layer0_head0_strip.png" for kind in kinds)
+    data = json.loads((out / "attention.json").read_text())
+    assert set(data) == {"frames", "view"} and data["view"] == {"layer": 0, "head": 0}
+    early = next(r for r in metrics(run) if r["step"] == 20 and "val_loss" in r)
+    assert [f["step"] for f in data["frames"]] == [20, 40]  # by step, not by file name
+    assert [f["label"] for f in data["frames"]] == [f"step 20 · exact {100 * early['val_exact']:.1f}%",
+                                                   "step 40 · exact 87.5%"]
+    assert [f["checkpoint"] for f in data["frames"]] == [str(run / "ckpt" / "b.pt"), str(run / "ckpt" / "a.pt")]
+    for frame, name in zip(data["frames"], ("b.pt", "a.pt")):
+        model, task, cfg = load_model(run / "ckpt" / name)
+        rec = record(model, task, cfg, "5 7 9 2", "cpu")  # each frame is that checkpoint's own record
+        assert frame["tokens"] == rec.tokens and frame["output"] == rec.output
+        np.testing.assert_allclose(np.array(frame["attentions"]["cross"]), rec.maps["cross"], atol=1e-5)
+        np.testing.assert_allclose(np.array(frame["stats"]["cross"]["entropy"]), rec.stats()["cross"][1], atol=1e-5)
+        assert f"step {frame['step']}: input '5 7 9 2' -> output {rec.output!r}" in done.stdout
+    for kind in kinds:
+        with Image.open(out / f"{kind}_layer0_head0_strip.png") as image:
+            assert image.format == "PNG" and image.size[0] > image.size[1]  # two panels side by side
+    html = (out / "attention.html").read_text()
+    assert "http://" not in html and "https://" not in html and 'type="range"' in html
+    # several files, named one by one, are the same frames
+    again = tmp_path / "again"
+    done = cli("visualize.py", "--checkpoint", run / "ckpt" / "a.pt", run / "ckpt" / "b.pt", "--input", "5 7 9 2",
+               "--out", again, "--layer", "0")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((again / "attention.json").read_text()) == data
+
+
+@pytest.mark.slow
+def test_visualize_across_checkpoints_refuses_another_model_and_the_wrong_input(over_training, checkpoints, tmp_path):
+    ckpt = over_training / "ckpt"
+    done = cli("visualize.py", "--checkpoint", ckpt / "a.pt", checkpoints / "copy" / "best.pt", "--input", "5 7",
+               "--out", tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert (f"{str(ckpt / 'a.pt')!r} and {str(checkpoints / 'copy' / 'best.pt')!r} are checkpoints of different "
+            f"models (task: 'reverse' vs 'copy'") in done.stderr
+    done = cli("visualize.py", "--checkpoint", ckpt, "--text", "abc", "--out", tmp_path)
+    assert done.returncode == 2 and "--text is for language-model checkpoints" in done.stderr
+    done = cli("visualize.py", "--checkpoint", ckpt, "--input", "5 7", "--head", "4", "--out", tmp_path)
+    assert done.returncode == 2 and "--head 4 is not allowed; this model has 4 heads: 0..3" in done.stderr
+    assert pngs(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_the_explorer_across_checkpoints_moves_with_its_slider(over_training, tmp_path):
+    """The page of two checkpoints opens on the last; the slider (by keyboard) shows the other one's map and its
+    own target tokens, and back."""
+    from browser import launch, open_page
+
+    out = tmp_path / "viz"
+    done = cli("visualize.py", "--checkpoint", over_training / "ckpt", "--input", "5 7 9 2", "--out", out)
+    assert done.returncode == 0, done.stderr
+    frames = json.loads((out / "attention.json").read_text())["frames"]
+    with launch() as browser, open_page(out / "attention.html", browser) as opened:
+        page = opened.page
+
+        def state():
+            return page.evaluate("({frame: window.explorer.frame, step: window.explorer.step, "
+                                 "rows: window.explorer.rows, drawn: document.getElementById('heatmap').dataset.frame,"
+                                 " pixels: document.getElementById('heatmap').toDataURL()})")
+
+        assert page.locator("#step").is_visible()
+        page.select_option("#kind", "cross")
+        last = state()
+        assert (last["frame"], last["step"], last["drawn"]) == (1, 40, "1")
+        assert last["rows"] == frames[1]["tokens"]["target"]
+        assert page.inner_text("#step-label") == "step 40 · exact 87.5%"
+        page.focus("#step")
+        page.keyboard.press("ArrowLeft")
+        first = state()
+        assert (first["frame"], first["step"], first["drawn"]) == (0, 20, "0")
+        assert first["rows"] == frames[0]["tokens"]["target"]
+        assert first["pixels"] != last["pixels"]
+        assert page.input_value("#kind") == "cross"  # the kind, layer and head stay
+        assert page.inner_text("#step-label") == frames[0]["label"]
+        page.keyboard.press("ArrowRight")
+        assert state()["pixels"] == last["pixels"]
         opened.assert_clean()

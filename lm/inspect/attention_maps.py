@@ -15,9 +15,23 @@ lm.nn.models.AttentionMaps) and returns an AttentionRecord:
 
     {"kind": "lm" | "seq2seq", "tokens": [...] or {"source": [...], "target": [...]},
      "attentions": {"encoder_self" | "decoder_self" | "cross": [layer][head][query][key]},
+     "stats": {kind: {"distance": [layer][head], "entropy": [layer][head]}},
      "config": {"task": ..., the model's settings}, "output": the decoded output (seq2seq)}
 
 Layers and heads count from 0. Differential attention's maps are signed (see AttentionMaps).
+
+How a head has specialised, in two numbers per head (``head_stats``), from its weights w[q, k] made a
+distribution per row, p[q, k] = |w[q, k]| / sum_k' |w[q, k']| (standard attention: p = w; differential
+attention's signed rows by their magnitudes):
+
+    distance   mean over query rows q of sum_k p[q, k] |q - k|, in positions: 0 for a head that looks at
+               its own position (a copy model's cross-attention: target position i reads source position
+               i), 1 for one that looks one back; cross-attention counts the same index offset
+    entropy    mean over rows of -sum_k p[q, k] ln p[q, k], in nats (0 ln 0 = 0): 0 for a head that looks
+               at one key per row, ln n for one that spreads evenly over n keys
+
+Across checkpoints, ``Frame`` is one checkpoint's record with its step and label; attention.json then is
+{"frames": [{"step": ..., "label": ..., "checkpoint": path, <record.to_json()>}, ...], "view": ...}.
 """
 
 from __future__ import annotations
@@ -31,7 +45,11 @@ from ..generate import greedy_decode, prepare_source
 from ..data.tasks import BOS, EOS, PAD
 from ..data.tokenizer import UnknownCharactersError
 
-DECIMALS = 5  # weights in attention.json are rounded to this many decimals
+DECIMALS = 5  # weights (and head stats) in attention.json are rounded to this many decimals
+
+
+def _rounded(a: np.ndarray) -> list:
+    return np.round(a.astype(np.float64), DECIMALS).tolist()
 
 
 @dataclass
@@ -56,13 +74,51 @@ class AttentionRecord:
         centre their colours on 0."""
         return self.config.get("attention") == "differential" or any(bool((m < 0).any()) for m in self.maps.values())
 
+    def stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """kind -> (distance, entropy) of every head, each (layers, heads): see head_stats."""
+        return {kind: head_stats(m) for kind, m in self.maps.items()}
+
     def to_json(self) -> dict:
         data = {"kind": self.kind, "tokens": self.tokens,
-                "attentions": {k: np.round(m.astype(np.float64), DECIMALS).tolist() for k, m in self.maps.items()},
+                "attentions": {k: _rounded(m) for k, m in self.maps.items()},
+                "stats": {k: {"distance": _rounded(d), "entropy": _rounded(h)} for k, (d, h) in self.stats().items()},
                 "config": self.config}
         if self.output is not None:
             data["output"] = self.output
         return data
+
+
+@dataclass
+class Frame:
+    """One checkpoint's record, in a series over training: its step, a label for it (e.g. "step 300 ·
+    exact 87.0%") and the checkpoint file it came from."""
+
+    step: int
+    label: str
+    record: AttentionRecord
+    checkpoint: str = ""
+
+    def to_json(self) -> dict:
+        return {"step": self.step, "label": self.label, "checkpoint": self.checkpoint, **self.record.to_json()}
+
+
+def head_stats(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean attention distance, mean row entropy) of every head of maps (layers, heads, T_q, T_k), each
+    (layers, heads) float64, with p = |w| / sum_k |w| made a distribution per row:
+
+        distance = mean_q sum_k p[q, k] |q - k|        (positions)
+        entropy  = mean_q -sum_k p[q, k] ln p[q, k]    (nats, 0 ln 0 = 0)
+
+    A row without any weight counts 0 in both."""
+    w = np.abs(maps.astype(np.float64))  # (L, H, T_q, T_k)
+    total = w.sum(-1, keepdims=True)  # (L, H, T_q, 1)
+    p = w / np.where(total > 0, total, 1.0)  # (L, H, T_q, T_k), rows sum to 1 (or are all 0)
+    T_q, T_k = maps.shape[-2:]
+    offset = np.abs(np.arange(T_q)[:, None] - np.arange(T_k)[None, :])  # (T_q, T_k): |q - k|
+    distance = (p * offset).sum(-1).mean(-1)  # (L, H)
+    logs = np.log(np.where(p > 0, p, 1.0))  # ln p, and ln 1 = 0 where p = 0 (0 ln 0 = 0)
+    entropy = -(p * logs).sum(-1).mean(-1) + 0.0  # (L, H); + 0.0 turns -0.0 into 0.0
+    return distance, entropy
 
 
 def _stack(maps) -> dict[str, np.ndarray]:

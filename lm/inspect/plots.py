@@ -4,6 +4,7 @@ Attention (from an lm.inspect.attention_maps.AttentionRecord), tokens as axis la
     plot_head       one head of one layer
     plot_layer      every head of one layer, side by side
     plot_overview   every layer (rows) and head (columns)
+    plot_strip      one head across checkpoints (Frames), with its distance and entropy against step
 Weights in [0, 1] use a sequential scale from 0; signed weights (differential attention) a
 diverging one centred on 0.
 
@@ -51,10 +52,10 @@ def _save(fig: Figure, path: str | Path, dpi: int = 100) -> Figure:
 
 # ----------------------------------------------------------------------------- attention
 
-def _colours(record) -> tuple[str, Normalize]:
-    """One colour scale for every map of a record, so maps can be compared: 0..max, or -m..m if signed."""
-    top = max(float(np.abs(m).max()) for m in record.maps.values()) or 1.0
-    if record.signed:
+def _colours(*records) -> tuple[str, Normalize]:
+    """One colour scale for every map of the records, so maps can be compared: 0..max, or -m..m if signed."""
+    top = max(float(np.abs(m).max()) for r in records for m in r.maps.values()) or 1.0
+    if any(r.signed for r in records):
         return "RdBu_r", Normalize(-top, top)
     return "Blues", Normalize(0.0, top)
 
@@ -144,6 +145,46 @@ def plot_overview(record, kind: str, path: str | Path) -> Figure:
     layers, heads = record.maps[kind].shape[:2]
     return _grid(record, kind, [(l, h) for l in range(layers) for h in range(heads)], heads, False, path,
           f"{_title(record, kind)}: every layer and head")
+
+
+STRIP_LABELLED = 8  # a strip of more checkpoints than this draws its heatmaps smaller, without token labels
+
+
+def plot_strip(frames, kind: str, layer: int, head: int, path: str | Path) -> Figure:
+    """One head across checkpoints (lm.inspect.attention_maps.Frame, in the order given): a heatmap per
+    checkpoint, left to right, titled with its label and captioned with the head's mean attention distance
+    and entropy (attention_maps.head_stats); below them, both against step. One colour scale for all."""
+    n = len(frames)
+    cmap, norm = _colours(*(f.record for f in frames))
+    labels = n <= STRIP_LABELLED
+    side = 3.0 if labels else 1.8
+    stats = [f.record.stats()[kind] for f in frames]
+    distance = [float(d[layer, head]) for d, _ in stats]
+    entropy = [float(h[layer, head]) for _, h in stats]
+    fig = Figure(figsize=(side * n + 1.5, side + 3.0))
+    grid = fig.add_gridspec(2, n, height_ratios=[side, 2.0], hspace=0.45 if labels else 0.3)
+    maps, image = [], None
+    for i, frame in enumerate(frames):
+        ax = fig.add_subplot(grid[0, i])
+        queries, keys = frame.record.axes(kind)
+        image = _heatmap(ax, frame.record.maps[kind][layer, head], queries, keys, cmap, norm, labels=labels,
+                         fontsize=6)
+        ax.set_title(plain(frame.label), fontsize=8)
+        ax.set_xlabel(f"distance {distance[i]:.2f} · entropy {entropy[i]:.2f}", fontsize=7)
+        maps.append(ax)
+    fig.colorbar(image, ax=maps, shrink=0.8, pad=0.02)
+    steps = [f.step for f in frames]
+    ax = fig.add_subplot(grid[1, :])
+    drawn = ax.plot(steps, distance, "o-", color="tab:blue", label="mean distance (positions)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("distance (positions)", color="tab:blue")
+    ax.grid(alpha=0.3)
+    twin = ax.twinx()
+    drawn += twin.plot(steps, entropy, "s--", color="tab:orange", label="mean entropy (nats)")
+    twin.set_ylabel("entropy (nats)", color="tab:orange")
+    ax.legend(handles=drawn, fontsize=7, loc="best")
+    fig.suptitle(f"{_title(frames[0].record, kind)}: layer {layer}, head {head}, across checkpoints", fontsize=10)
+    return _save(fig, path)
 
 
 # ----------------------------------------------------------------------------- loss curves
