@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from .data.sentences import normalise_space, split_sentences
 from .data.tasks import BOS, EOS, PAD
-from .generate import Source, beam_search, greedy_decode, prepare_source
+from .generate import Source, beam_search, greedy_decode, keeps_input, prepare_source
 
 
 def _ignore(_) -> None:
@@ -51,7 +51,8 @@ def answer(model, task, cfg, text: str, device, beam: int = 1, alpha: float = 0.
     """The model's output for a source written as text, as sample.py --input prints it (without the line
     break). The decoders put the model in eval mode and leave it there; no autocast: it computes in its
     weights' dtype (float32, as sample.py loads a checkpoint).
-    Task spell: spell_pieces, each piece decoded and then filtered, joined by spaces.
+    Task spell: spell_pieces, each piece decoded (kept as it is when copy_margin says so) and then
+    filtered, joined by spaces.
     ValueError for a source the model cannot take (its message says why)."""
     if task.name != "spell":
         return _answer_one(model, task, cfg, text, device, beam, alpha, use_cache, note, on_source)
@@ -61,12 +62,20 @@ def answer(model, task, cfg, text: str, device, beam: int = 1, alpha: float = 0.
 
 
 def _answer_one(model, task, cfg, text, device, beam, alpha, use_cache, note, on_source) -> str:
-    """One source: parsed (prepare_source), shown to on_source, decoded, written as the task writes it."""
+    """One source: parsed (prepare_source), shown to on_source, decoded, written as the task writes it.
+    Task spell with copy_margin: the source itself when the model does not find its output more likely
+    by the margin (lm.generate.keeps_input), as evaluation decides."""
     source = prepare_source(task, cfg, text, device)
     on_source(source)
     tokens = decode_source(model, source, beam, alpha, use_cache)
     if EOS not in tokens:
         note(f"note: no end-of-sequence token within {source.max_len} output tokens")
+    margin = cfg.data.copy_margin if task.name == "spell" else None
+    if margin is not None:
+        output = tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+        if keeps_input(model, source.src, source.mask, [source.ids], [output], margin, cfg.model.block_size,
+                       source.src_pos, source.tgt_pos)[0]:
+            tokens = source.ids
     return task.render(task.from_ids(tokens))
 
 

@@ -82,6 +82,11 @@ class DataConfig:
     # the model changed into a non-word, one not in the training sentences, is put back as the input had
     # it) | none (the model's output as it is; evaluation reports it beside the filtered one either way)
     correction_filter: Literal["known_words", "none"] = "known_words"
+    # task spell: decoding that favours the input (evaluation and sample.py): the greedy output replaces the
+    # input only when the model finds it more likely by at least this many nats, log p(output | input) -
+    # log p(input | input) >= copy_margin, both teacher-forced; else the input is kept as it is (null =
+    # always the greedy output). Applied before correction_filter
+    copy_margin: Optional[float] = None
 
 
 @dataclass
@@ -520,6 +525,8 @@ def _validate_data(cfg: Config) -> None:
               "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
     _choice(d, "grid_op")
     _choice(d, "correction_filter")
+    _need(d.copy_margin is None or d.copy_margin >= 0, "copy_margin", d.copy_margin,
+          "it must be >= 0 nats (or null: always the model's output)")
 
 
 def _validate_model(cfg: Config) -> None:

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 
 from .data.layout import positions
+from .data.tasks import BOS, EOS, PAD
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_new_tokens: int) -> None:
@@ -192,6 +193,50 @@ def greedy_decode(model, src: torch.Tensor, src_mask: torch.Tensor | None, max_l
         if done.all():
             break
     return ys[:, 1:]
+
+
+@torch.no_grad()
+def score_targets(model, src: torch.Tensor, src_mask: torch.Tensor | None, targets: list[list[int]], bos: int,
+                  eos: int, pad: int, src_pos: torch.Tensor | None = None,
+                  tgt_pos: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(y | x) of one target per source row, teacher-forced: the sum over t of log p(y_t | y_<t, x)
+    over the target's tokens and its EOS. src: (B, S); targets: B id lists (without BOS or EOS);
+    tgt_pos: positions of the decoder inputs, (B, >= longest target + 1), or None. Returns (B,) float32."""
+    model.eval()
+    T = max(len(t) for t in targets) + 1
+    tgt_in = torch.full((len(targets), T), pad, dtype=torch.long)  # (B, T): BOS + target, padded
+    tgt_out = torch.full((len(targets), T), pad, dtype=torch.long)  # (B, T): target + EOS, padded
+    for i, t in enumerate(targets):
+        tgt_in[i, : len(t) + 1] = torch.tensor([bos, *t])
+        tgt_out[i, : len(t) + 1] = torch.tensor([*t, eos])
+    tgt_in, tgt_out = tgt_in.to(src.device), tgt_out.to(src.device)
+    logits, _ = model(src, tgt_in, src_mask, src_pos=src_pos, tgt_pos=None if tgt_pos is None else tgt_pos[:, :T])
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
+    return (logp * (tgt_out != pad)).sum(dim=1)
+
+
+def keeps_input(model, src: torch.Tensor, src_mask: torch.Tensor | None, inputs: list[list[int]],
+                outputs: list[list[int]], margin: float, block_size: int, src_pos: torch.Tensor | None = None,
+                tgt_pos: torch.Tensor | None = None) -> list[bool]:
+    """Decoding that favours copying (task spell's copy_margin): for each row, whether to keep the input x
+    rather than the decoded output y, because the model does not find y more likely by the margin:
+
+        keep x  unless  log p(y | x) - log p(x | x) >= margin     (both teacher-forced, score_targets)
+
+    inputs, outputs: the rows' input and output ids (without EOS). A row whose output is its input, or
+    whose input is too long to be a target (block_size - 1 tokens), keeps the output."""
+    differ = [i for i, (x, y) in enumerate(zip(inputs, outputs)) if x != y and len(x) < block_size]
+    keep = [False] * len(inputs)
+    if not differ:
+        return keep
+    rows = torch.tensor(differ, device=src.device)
+    sub_src, sub_mask = src[rows], None if src_mask is None else src_mask[rows]
+    sub_src_pos, sub_tgt_pos = (None if p is None else p[rows] for p in (src_pos, tgt_pos))
+    score = [score_targets(model, sub_src, sub_mask, [seqs[i] for i in differ], BOS, EOS, PAD, src_pos=sub_src_pos,
+                           tgt_pos=sub_tgt_pos) for seqs in (outputs, inputs)]
+    for i, gain in zip(differ, (score[0] - score[1]).tolist()):
+        keep[i] = gain < margin
+    return keep
 
 
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -37,7 +37,7 @@ from .data.tokenizer import CharTokenizer, make_tokenizer, tokenizer_from_state
 from .data.windows import batch_iterator, seeded_generator, sequential_windows, window_batch
 from .device import autocast
 from .distributed import World
-from .generate import generate, greedy_decode
+from .generate import generate, greedy_decode, keeps_input
 from .nn.loss import token_loss
 from .spelling import DictionaryCorrector, known_words_of, spelling_scores
 
@@ -540,10 +540,21 @@ class SpellJob(Seq2SeqJob):
             with autocast(device, dtype):
                 ids = greedy_decode(model, src, src_mask, min(b, self.task.target_slots([0] * longest)), BOS, EOS,
                                     PAD, src_pos=src_pos, tgt_pos=tgt_pos)
-            for i, row in zip(rows, ids.tolist()):
-                out[i] = self.task.render(self.task.from_ids(row))
+                outputs = [row[: row.index(EOS)] if EOS in row else row for row in ids.tolist()]
+                keep = self.keeps_input(model, src, src_mask, [encoded[i] for i in rows], outputs, src_pos, tgt_pos)
+            for i, row, kept in zip(rows, outputs, keep):
+                out[i] = self.task.render(self.task.from_ids(encoded[i] if kept else row))
         model.train()
         return out
+
+    def keeps_input(self, model, src, src_mask, inputs: list[list[int]], outputs: list[list[int]], src_pos=None,
+                    tgt_pos=None) -> list[bool]:
+        """copy_margin: for each row, whether the input is kept rather than the greedy output (see
+        lm.spelling.keeps_input); all False without a margin."""
+        margin = self.cfg.data.copy_margin
+        if margin is None:
+            return [False] * len(outputs)
+        return keeps_input(model, src, src_mask, inputs, outputs, margin, self.cfg.model.block_size, src_pos, tgt_pos)
 
     @torch.no_grad()
     def held_out_loss(self, model, device, dtype, chunk: int = 256) -> float:

@@ -253,11 +253,15 @@ def keep_known_changes(source: str, output: str, known: Container[str]) -> str:
     Words are whitespace-separated; output word j is compared with the source word that align_words pairs
     it with. A changed word is kept when each of its runs of letters, lowercased, is in known (so
     "villain," and "o'er" pass when "villain", "o" and "er" are known); otherwise the source's word takes
-    its place. Output words paired with no source word are kept. This favours copying the input: a
-    model's slip that writes a non-word where the input was right is undone, and a correction into a real
-    word stands.
+    its place. Output words paired with no source word are kept. An output with another number of words
+    than the source is put back whole: the noise model never adds or removes a word, so such an output is
+    a slip of decoding (it stopped early, or repeated itself). This favours copying the input: a model's
+    slip that writes a non-word where the input was right is undone, and a correction into a real word
+    stands.
     """
     src, out = source.split(), output.split()
+    if len(src) != len(out):
+        return " ".join(src)
     paired = {j: i for i, j in enumerate(align_words(src, out)) if j is not None}  # output word -> source word
     kept = []
     for j, word in enumerate(out):

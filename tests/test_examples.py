@@ -162,11 +162,12 @@ def job_of(checkpoint):
 
 @pytest.mark.slow
 def test_reverse_examples_are_what_sample_prints_for_the_checkpoint(tmp_path, capsys):
-    """A reverse model part-way trained (some held-out examples right, some wrong): each example's
-    prediction is what `sample.py --input` prints, with dropout on and the model handed over in train mode."""
+    """A reverse model trained for 30 steps (about half of its held-out examples right, here): each
+    example's prediction is what `sample.py --input` prints, with dropout on and the model handed over in
+    train mode."""
     out = train_run(tmp_path / "reverse", "--task=reverse", "--min_len=1", "--max_len=4", "--eval_long_len=4",
                     "--held_out_size=8", "--block_size=8", "--batch_size=32", "--embedding_dim=16", "--lr=2e-2",
-                    "--dropout=0.1", "--max_iters=60", "--eval_interval=60")
+                    "--dropout=0.1", "--max_iters=30", "--eval_interval=30")
     best = out / "best.pt"
     model, job = job_of(best)
     model.train()

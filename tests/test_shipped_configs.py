@@ -27,7 +27,7 @@ BASELINE = "configs/baseline_nanogpt_cpu.yaml"
 NOT_COMPUTED = {"out_dir", "eval_interval", "eval_iters", "log_interval", "num_workers", "tokenizer_file",
                 "tokenizer_sample", "grid_op", "num_symbols", "min_len", "max_len", "eval_long_len",
                 "held_out_size", "share_embeddings", "muon_lr", "decay_fraction", "vocab_size", "noise_rate",
-                "noise_edits", "train_noise_rate", "misspelling_rate", "correction_filter", "cross_rope",
+                "noise_edits", "train_noise_rate", "misspelling_rate", "correction_filter", "copy_margin", "cross_rope",
                 "logger", "show_examples", "keep_every", "keep_every_epoch", "keep_last"}
 
 

@@ -229,3 +229,23 @@ def test_visualize_draws_the_spell_models_cross_attention(trained, tmp_path):
     assert data["output"] == "Thou art a villain and a beggar."
     assert "".join(data["tokens"]["source"]) == "Thou art a vilain and a beggar."  # one label per character
     assert (tmp_path / "viz" / "cross_layer0_head0.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_copy_margin_keeps_the_input_alike_in_evaluation_and_in_sample(trained):
+    """copy_margin decides in SpellJob.correct (evaluation) as in lm.answers.answer (sample.py): a huge margin
+    keeps every input as typed, none gives the greedy correction, and a margin between the two scores decides."""
+    from lm.answers import answer
+    from lm.checkpoint import load_model
+
+    out, _ = trained
+    model, task, cfg = load_model(out / "best.pt", "cpu")
+    job = make_job(cfg, None, out, [].append)
+    noisy = ["The little boat sailed acrss the bay.", "Seven geese walked slowyl past the mill."]
+    cpu = torch.device("cpu")
+    for margin, expected in ((None, [SENTENCES[0], SENTENCES[1]]), (1e9, noisy)):
+        cfg.data.copy_margin = margin
+        assert job.correct(model, noisy, cpu, torch.float32) == expected, margin
+        assert [answer(model, task, cfg, s, cpu) for s in noisy] == expected, margin
+    cfg.data.copy_margin = 0.0  # the greedy correction is the more likely: it stands
+    assert job.correct(model, noisy, cpu, torch.float32) == [SENTENCES[0], SENTENCES[1]]

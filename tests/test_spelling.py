@@ -1,11 +1,18 @@
-"""Scores of task spell and the dictionary baseline (lm.spelling), on hand-computed cases."""
+"""Scores of task spell and the dictionary baseline (lm.spelling), the known-word filter, and copy_margin's
+teacher-forced scores (lm.generate.score_targets, keeps_input), on hand-computed cases."""
 
 import math
 
 import pytest
+import torch
 
+from lm.config import ModelConfig
+from lm.data.padding import pad_sequences
+from lm.data.tasks import BOS, EOS, PAD
+from lm.generate import keeps_input, score_targets
+from lm.nn import EncoderDecoder
 from lm.spelling import (DictionaryCorrector, WordAccuracy, align_words, cer, edit_distance, exact_match,
-                         spelling_scores, word_accuracy)
+                         keep_known_changes, spelling_scores, word_accuracy)
 
 
 @pytest.mark.parametrize("a, b, d", [
@@ -138,3 +145,53 @@ def test_letters_beyond_ascii():
 def test_bad_counts(counts, match):
     with pytest.raises(ValueError, match=match):
         DictionaryCorrector(counts)
+
+
+# ----------------------------------------------------------------------------- the known-word filter
+
+KNOWN = {"thou", "art", "a", "villain", "and", "beggar", "o", "er", "the", "then"}
+
+
+@pytest.mark.parametrize("source, output, expected", [
+    ("Thou art a vilain", "Thou art a villain", "Thou art a villain"),      # a correction into a word stands
+    ("Thou art a villain", "Thou art a vollain", "Thou art a villain"),     # a change into a non-word is undone
+    ("the vilain", "then vilainz", "then vilain"),                          # each word on its own
+    ("o'er the", "o'er then", "o'er then"),                                 # runs of letters: "o" and "er" known
+    ("Thou art a villain and", "Thou art a", "Thou art a villain and"),     # fewer words: a slip, put back whole
+    ("Thou art", "Thou art art", "Thou art"),                               # more words: put back whole
+])
+def test_keep_known_changes(source, output, expected):
+    assert keep_known_changes(source, output, KNOWN) == expected
+
+
+# ----------------------------------------------------------------------------- copy_margin's scores
+
+def tiny_seq2seq():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=9, block_size=8, num_blocks=1, num_heads=2, embedding_dim=16, dropout=0.0)
+    return EncoderDecoder(cfg).eval()
+
+
+def test_score_targets_is_the_teacher_forced_log_probability():
+    model = tiny_seq2seq()
+    src, mask = pad_sequences([[3, 4, 5], [6, 7]], PAD)
+    targets = [[5, 4, 3], [7]]
+    got = score_targets(model, src, mask, targets, BOS, EOS, PAD)
+    for b, t in enumerate(targets):  # one row at a time, by hand: sum of log p(token) over target + EOS
+        tgt_in = torch.tensor([[BOS, *t]])
+        logits, _ = model(src[b : b + 1, : len([3, 4, 5]) if b == 0 else 2], tgt_in, None)
+        want = torch.log_softmax(logits[0], -1)[torch.arange(len(t) + 1), torch.tensor([*t, EOS])].sum()
+        assert got[b].item() == pytest.approx(want.item(), abs=1e-5)
+
+
+def test_keeps_input_unless_the_output_is_more_likely_by_the_margin():
+    model = tiny_seq2seq()
+    src, mask = pad_sequences([[3, 4, 5], [6, 7], [8]], PAD)
+    inputs, outputs = [[3, 4, 5], [6, 7], [8]], [[3, 4, 6], [7, 6], [8]]  # the third is unchanged
+    gain = (score_targets(model, src, mask, outputs, BOS, EOS, PAD)
+            - score_targets(model, src, mask, inputs, BOS, EOS, PAD)).tolist()
+    assert keeps_input(model, src, mask, inputs, outputs, 0.0, 8)[:2] == [g < 0 for g in gain[:2]]
+    assert keeps_input(model, src, mask, inputs, outputs, 1e9, 8) == [True, True, False]  # never an unchanged row
+    low = min(gain[:2]) - 1.0
+    assert keeps_input(model, src, mask, inputs, outputs, max(0.0, low), 8)[:2] == [g < max(0.0, low) for g in gain[:2]]
+    assert keeps_input(model, src, mask, inputs, outputs, 1e9, 3) == [False, True, False]  # too long to score: output

@@ -176,6 +176,8 @@ def plot_strip(frames, kind: str, layer: int, head: int, path: str | Path) -> Fi
     steps = [f.step for f in frames]
     ax = fig.add_subplot(grid[1, :])
     drawn = ax.plot(steps, distance, "o-", color="tab:blue", label="mean distance (positions)")
+    if labels:
+        ax.set_xticks(sorted(set(steps)))  # a tick at every checkpoint
     ax.set_xlabel("step")
     ax.set_ylabel("distance (positions)", color="tab:blue")
     ax.grid(alpha=0.3)
