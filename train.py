@@ -22,6 +22,7 @@ import time
 from tqdm import tqdm
 
 from lm import checkpoint, config
+from lm.answers import example_line
 from lm.checkpoint import CheckpointError, ResumePoint
 from lm.config import ConfigError
 from lm.data.corpus import DataError
@@ -145,24 +146,10 @@ def describe(m: dict) -> str:
 
 
 def examples_text(examples: list[dict], encoding: str | None = "utf-8") -> str:
-    """The examples of an evaluation (lm.jobs: Job.examples), a line each, for under its line:
-      ✓ 5 7 9 2 -> 2 9 7 5
-      ✗ 1 2 3 -> 3 2 2 (target 3 2 1)
-      ROMEO:↵ -> I'll tell thee↵...     (a language model's prompt and continuation, line breaks as ↵)
+    """The examples of an evaluation (lm.answers.example_line), a line each, indented, for under its line.
     What the output's encoding cannot write (a corpus's characters, ✓ on a cp1252 pipe) becomes '?'."""
-    def one_line(text: str) -> str:
-        return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "↵")
-
-    lines = []
-    for x in examples:
-        if "prompt" in x:
-            lines.append(f"  {one_line(x['prompt'])} -> {one_line(x['continuation'])}")
-        elif x["right"]:
-            lines.append(f"  ✓ {x['input']} -> {x['prediction']}")
-        else:
-            lines.append(f"  ✗ {x['input']} -> {x['prediction']} (target {x['target']})")
     encoding = encoding or "utf-8"
-    return "\n".join(lines).encode(encoding, "replace").decode(encoding)
+    return "\n".join(f"  {example_line(x)}" for x in examples).encode(encoding, "replace").decode(encoding)
 
 
 class PlainProgress:

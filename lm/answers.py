@@ -104,3 +104,17 @@ def spell_pieces(task, cfg, text: str, note: Callable[[str], None] = _ignore) ->
     note(f"note: the input is longer than this model's {cfg.model.block_size} positions (block_size); "
          f"correcting it as {len(pieces)} pieces (sentences, cut at ; : , where long)")
     return pieces
+
+
+def example_line(example: dict) -> str:
+    """One example a run shows at an evaluation (lm.jobs: Job.examples), on one line, line breaks as ↵:
+    "✓ 5 7 9 2 -> 2 9 7 5", "✗ 1 2 3 -> 3 2 2 (target 3 2 1)", or a language model's "ROMEO:↵ -> I'll tell...".
+    The console (train.py) and TensorBoard's text tab (lm.logger) both write these lines."""
+    def one_line(text: str) -> str:
+        return text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "↵")
+
+    if "prompt" in example:
+        return f"{one_line(example['prompt'])} -> {one_line(example['continuation'])}"
+    if example["right"]:
+        return f"✓ {example['input']} -> {example['prediction']}"
+    return f"✗ {example['input']} -> {example['prediction']} (target {example['target']})"

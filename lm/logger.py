@@ -89,6 +89,9 @@ class TensorBoardLog:
         _, _, end = hparams({}, {})
         self.writer.file_writer.add_summary(end)
 
+    def flush(self) -> None:
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()

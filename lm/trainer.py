@@ -35,6 +35,7 @@ from .data.corpus import PreparationStopped
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
+from .answers import example_line
 from .jobs import Job, make_job
 from .logger import TensorBoardLog
 from .nn import make_model
@@ -283,6 +284,7 @@ class Trainer:
         examples = run.examples()
         if self.board is not None:
             self.board_evaluation(examples)
+            self.board.flush()  # every event up to the checkpoint is on disk, whatever ends the process later
         self.emit({"event": "eval", **evaluated, "best": best, "examples": examples})
 
     def board_evaluation(self, examples: list[dict]) -> None:
@@ -358,15 +360,8 @@ def check_keep(cfg: Config, job: Job) -> None:
 
 
 def examples_markdown(examples: list[dict]) -> str:
-    """The examples shown at an evaluation as TensorBoard text (markdown): one list item each."""
-    lines = []
-    for e in examples:
-        if "prompt" in e:
-            lines.append(f"- `{e['prompt']!r}` -> `{e['continuation']!r}`")
-        else:
-            mark = "right" if e["right"] else "wrong"
-            lines.append(f"- {mark}: `{e['input']}` -> `{e['prediction']}` (target `{e['target']}`)")
-    return "\n".join(lines)
+    """The examples shown at an evaluation as TensorBoard text (markdown): one list item each, as code."""
+    return "\n".join(f"- `{example_line(e)}`" for e in examples)
 
 
 # ----------------------------------------------------------------------------- the data

@@ -4,8 +4,8 @@ docs/*.md name is checked against the code.
 Which lines are commands
     Fenced code blocks tagged ``bash``, ``sh``, ``shell`` or ``console``: every line but comment lines
     (``# ...``) is a command; in a ``console`` block that has ``$ `` prompts, only the prompted lines are.
-    Untagged fenced blocks: the lines whose program is ``python``, ``torchrun``, ``bash``, ``pip`` or
-    ``apt-get``; the other lines are output. Blocks tagged otherwise (``text``, ``yaml``, ...) hold no
+    Untagged fenced blocks: the lines whose program is ``python``, ``torchrun``, ``bash``, ``pip``,
+    ``apt-get`` or ``tensorboard``; the other lines are output. Blocks tagged otherwise (``text``, ``yaml``, ...) hold no
     commands; ``yaml`` blocks must be valid configs. A line ending in ``\\`` continues on the next, and so
     does a line that leaves a quote open; ``a && b``, ``a | b`` and ``a; b`` are two commands. Leading
     ``VAR=value``, ``time`` and ``sudo`` are skipped.
@@ -20,7 +20,8 @@ Which lines are commands
     ``parse_known_args`` must be config overrides. ``python -m pytest``: known options only, ``-m`` a valid
     expression of markers registered in pytest.ini, ``-k`` a valid expression, the paths (and
     ``file::test`` ids) existing. ``pip install -r FILE`` and ``bash FILE``: the file exists; ``apt-get
-    install`` comes after an ``apt-get update`` on the same page. Any other program is an error (add it
+    install`` comes after an ``apt-get update`` on the same page. ``tensorboard``: ``--logdir DIR`` (and
+    ``--port N``, ``--bind_all``) only, DIR ``out`` or under it. Any other program is an error (add it
     here if a page needs it).
 
 (b) Files and links
@@ -71,7 +72,7 @@ PAGES = sorted([ROOT / "README.md", ROOT / "data" / "README.md", *(ROOT / "docs"
 PAGE_IDS = [str(p.relative_to(ROOT)) for p in PAGES]
 
 COMMAND_LANGS = {"bash", "sh", "shell", "console"}
-UNTAGGED_PROGRAMS = {"python", "python3", "torchrun", "bash", "pip", "apt-get"}
+UNTAGGED_PROGRAMS = {"python", "python3", "torchrun", "bash", "pip", "apt-get", "tensorboard"}
 OUTPUT_PREFIXES = ("out/", "viz/", "/tmp/")
 RUNTIME_CORPORA = {f"data/{name}/input.txt" for name in (*corpus.KNOWN_CORPORA, corpus.OFFLINE_CORPUS_DIR)}
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
@@ -492,6 +493,15 @@ class PageCheck:
                 self.apt_updated = True
             elif args[:1] == ["install"] and not self.apt_updated:
                 raise ValueError("apt-get install without an apt-get update before it on this page")
+            return
+        if prog == "tensorboard":
+            parser = argparse.ArgumentParser(prog="tensorboard")
+            parser.add_argument("--logdir", required=True)
+            parser.add_argument("--port", type=int)
+            parser.add_argument("--bind_all", action="store_true")
+            ns = quietly(lambda: parser.parse_args(args))
+            if norm(ns.logdir) != "out" and not norm(ns.logdir).startswith("out/"):
+                raise ValueError(f"tensorboard --logdir {ns.logdir!r}: the runs are under out/")
             return
         if prog == "bash":
             if not args or not in_repo(args[0]):

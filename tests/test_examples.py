@@ -228,3 +228,25 @@ def test_spell_examples_correct_the_noisy_sentences_with_the_filter_as_sample_do
     _, none_job = job_of(best)
     none_job.cfg.data.correction_filter = "none"
     assert [x["prediction"] for x in none_job.examples(model, CPU, torch.float32, 4)] == raw
+
+
+@pytest.mark.slow
+def test_the_examples_train_prints_at_a_step_are_what_sample_prints_for_its_kept_checkpoint(tmp_path):
+    """End to end: the lines under step 20's evaluation in train.py's output are sample.py's answers on
+    ckpt/step_000020.pt (and step 40's on step_000040.pt): the model's real predictions at that step."""
+    out = tmp_path / "reverse"
+    r = cli("train.py", f"--out_dir={out}", "--task=reverse", "--min_len=1", "--max_len=4", "--eval_long_len=4",
+            "--held_out_size=8", "--block_size=8", "--batch_size=32", "--num_blocks=1", "--num_heads=2",
+            "--embedding_dim=16", "--lr=2e-2", "--max_iters=40", "--eval_interval=1000", "--keep_every=20",
+            "--show_examples=4", "--warmup_iters=2", "--device=cpu", "--dtype=float32", env=ENV)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for step in (20, 40):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"step {step}: "))
+        shown = lines[at + 1 : at + 5]
+        assert len(shown) == 4 and all(line.startswith(("  ✓ ", "  ✗ ")) for line in shown), lines[at : at + 6]
+        for line in shown:
+            source, prediction = line[4:].split(" -> ")
+            prediction = prediction.split(" (target ")[0]
+            s = cli("sample.py", "--checkpoint", out / "ckpt" / f"step_{step:06d}.pt", "--input", source, env=ENV)
+            assert s.returncode == 0 and s.stdout == prediction + "\n", (step, line, s.stdout, s.stderr)

@@ -11,6 +11,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from helpers import cli, metrics, tiny
 from lm import config
+from lm.inspect.plots import _series
+from lm.inspect.runs import load_runs
 from lm.trainer import train
 
 
@@ -48,6 +50,10 @@ def test_events_hold_every_scalar_of_metrics_jsonl_the_hparams_an_image_and_text
     for tag in want:
         assert [s for s, _ in got[tag]] == [s for s, _ in want[tag]], tag
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in want[tag]], rel=1e-6), tag
+    # visualize.py --runs draws the same quantities, by the same names, from metrics.jsonl
+    (_, records), = load_runs([out])
+    for name in ("train_loss", "val_loss"):
+        assert list(zip(*_series(records, "step", name))) == pytest.approx(got[name], rel=1e-6), name
     # hparams: the settings, and the metric they are compared by
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -81,7 +87,7 @@ def test_seq2seq_events_hold_exact_match_and_its_hparams_metric(tmp_path):
     assert [m.name.tag for m in experiment.metric_infos] == ["final_val_loss", "final_val_exact"]
     assert set(acc.Tags()["images"]) == {"attention/encoder_self", "attention/decoder_self", "attention/cross"}
     text = acc.Tensors("examples/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert text.count("\n") == 1 and ("right:" in text or "wrong:" in text)  # two examples, one line each
+    assert text.count("\n") == 1 and text.count("->") == 2 and ("✓" in text or "✗" in text)  # two examples, a line each
 
 
 class Crash(Exception):
