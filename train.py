@@ -294,7 +294,7 @@ class Console:
                   f"run {e['run_id']}", flush=True)
             if e.get("kept_checkpoint_bytes") is not None:
                 print(kept_line(t, e["kept_checkpoint_bytes"]), flush=True)
-            if t["logger"] == "tensorboard":
+            if t.get("logger") == "tensorboard":
                 print(f"tensorboard: events in {t['out_dir']}/tensorboard (tensorboard --logdir {t['out_dir']})",
                       flush=True)
             if self.budget is not None:  # progress in seconds of the budget, e.g. "123/600 s"

@@ -142,7 +142,8 @@ def test_under_torchrun_only_rank_0_writes_events(small_corpus, tmp_path):
     from test_distributed import torchrun
 
     out = tmp_path / "two"
-    done = torchrun(2, *tiny(small_corpus, out, "--max_iters=4", "--eval_interval=2", "--logger=tensorboard"))
+    done = torchrun(2, *tiny(small_corpus, out, "--max_iters=4", "--eval_interval=2", "--grad_accum=2",
+                                         "--logger=tensorboard"))
     assert done.returncode == 0, done.stderr
     files = list((out / "tensorboard").iterdir())
     assert len(files) == 1, files  # one writer: rank 0's
