@@ -22,6 +22,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .config import ConfigError
+
 EVENTS_DIR = "tensorboard"  # under out_dir; removed with the run's other files by --overwrite
 
 
@@ -32,8 +34,8 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # the tensorboard package is missing
-            raise RuntimeError(f"logger: tensorboard needs the tensorboard package (pip install -r "
-                               f"requirements.txt): {e}") from None
+            raise ConfigError(f"logger: tensorboard needs the tensorboard package (pip install -r requirements.txt), "
+                              f"or use logger: none ({e})") from None
         self.dir = out_dir / EVENTS_DIR
         purge = None if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(str(self.dir), purge_step=purge, flush_secs=30)

@@ -3,8 +3,9 @@
 ``train(cfg)`` runs a whole job (language modelling or a seq2seq task, see ``lm.jobs``): it
 prepares the data, builds (or restores) the model and optimizer, trains (for a number of steps or
 epochs, or by the clock for max_time seconds) with a warm-up + cosine (or Noam, or WSD) learning
-rate, gradient accumulation and clipping, evaluates, writes
-``metrics.jsonl``, ``loss.png`` and checkpoints, and ends with a final evaluation. It prints nothing:
+rate, gradient accumulation and clipping, evaluates (showing examples of the model's predictions), writes
+``metrics.jsonl``, ``loss.png``, checkpoints (and those kept over time, ``keep_every``) and, with ``logger:
+tensorboard``, TensorBoard events, and ends with a final evaluation. It prints nothing:
 progress goes to the ``on_event`` callback that the calling script owns.
 
 The file reads from the top down: ``train``; ``Trainer``, which holds what every phase needs (the
@@ -29,13 +30,13 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import rundir
+from .answers import example_line
 from .checkpoint import ResumePoint, check_resume_config, check_resume_vocab
 from .config import Config, ConfigError
 from .data.corpus import PreparationStopped
 from .device import autocast, choose_dtype, resolve_device
 from .distributed import World
 from .files import remove_stale_temporaries, write_text_atomic
-from .answers import example_line
 from .jobs import Job, make_job
 from .logger import TensorBoardLog
 from .nn import make_model
