@@ -71,11 +71,10 @@ def _answer_one(model, task, cfg, text, device, beam, alpha, use_cache, note, on
     if EOS not in tokens:
         note(f"note: no end-of-sequence token within {source.max_len} output tokens")
     margin = cfg.data.copy_margin if task.name == "spell" else None
-    if margin is not None:
-        output = tokens[: tokens.index(EOS)] if EOS in tokens else tokens
-        if keeps_input(model, source.src, source.mask, [source.ids], [output], margin, cfg.model.block_size,
-                       source.src_pos, source.tgt_pos)[0]:
-            tokens = source.ids
+    output = tokens[: tokens.index(EOS)] if EOS in tokens else tokens
+    if keeps_input(model, source.src, source.mask, [source.ids], [output], margin, cfg.model.block_size,
+                   source.src_pos, source.tgt_pos)[0]:
+        tokens = source.ids
     return task.render(task.from_ids(tokens))
 
 

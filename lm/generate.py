@@ -216,7 +216,7 @@ def score_targets(model, src: torch.Tensor, src_mask: torch.Tensor | None, targe
 
 
 def keeps_input(model, src: torch.Tensor, src_mask: torch.Tensor | None, inputs: list[list[int]],
-                outputs: list[list[int]], margin: float, block_size: int, src_pos: torch.Tensor | None = None,
+                outputs: list[list[int]], margin: float | None, block_size: int, src_pos: torch.Tensor | None = None,
                 tgt_pos: torch.Tensor | None = None) -> list[bool]:
     """Decoding that favours copying (task spell's copy_margin): for each row, whether to keep the input x
     rather than the decoded output y, because the model does not find y more likely by the margin:
@@ -224,10 +224,11 @@ def keeps_input(model, src: torch.Tensor, src_mask: torch.Tensor | None, inputs:
         keep x  unless  log p(y | x) - log p(x | x) >= margin     (both teacher-forced, score_targets)
 
     inputs, outputs: the rows' input and output ids (without EOS). A row whose output is its input, or
-    whose input is too long to be a target (block_size - 1 tokens), keeps the output."""
+    whose input is too long to be a target (block_size - 1 tokens), keeps the output; so does every row
+    when margin is None (no copy_margin)."""
     differ = [i for i, (x, y) in enumerate(zip(inputs, outputs)) if x != y and len(x) < block_size]
     keep = [False] * len(inputs)
-    if not differ:
+    if margin is None or not differ:
         return keep
     rows = torch.tensor(differ, device=src.device)
     sub_src, sub_mask = src[rows], None if src_mask is None else src_mask[rows]

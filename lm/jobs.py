@@ -541,20 +541,12 @@ class SpellJob(Seq2SeqJob):
                 ids = greedy_decode(model, src, src_mask, min(b, self.task.target_slots([0] * longest)), BOS, EOS,
                                     PAD, src_pos=src_pos, tgt_pos=tgt_pos)
                 outputs = [row[: row.index(EOS)] if EOS in row else row for row in ids.tolist()]
-                keep = self.keeps_input(model, src, src_mask, [encoded[i] for i in rows], outputs, src_pos, tgt_pos)
+                keep = keeps_input(model, src, src_mask, [encoded[i] for i in rows], outputs, self.cfg.data.copy_margin,
+                                   b, src_pos, tgt_pos)  # copy_margin: the input kept where the model is unsure
             for i, row, kept in zip(rows, outputs, keep):
                 out[i] = self.task.render(self.task.from_ids(encoded[i] if kept else row))
         model.train()
         return out
-
-    def keeps_input(self, model, src, src_mask, inputs: list[list[int]], outputs: list[list[int]], src_pos=None,
-                    tgt_pos=None) -> list[bool]:
-        """copy_margin: for each row, whether the input is kept rather than the greedy output (see
-        lm.spelling.keeps_input); all False without a margin."""
-        margin = self.cfg.data.copy_margin
-        if margin is None:
-            return [False] * len(outputs)
-        return keeps_input(model, src, src_mask, inputs, outputs, margin, self.cfg.model.block_size, src_pos, tgt_pos)
 
     @torch.no_grad()
     def held_out_loss(self, model, device, dtype, chunk: int = 256) -> float:

@@ -293,7 +293,7 @@ class Trainer:
         run = self.run
         if examples:
             self.board.examples(run.step, examples_markdown(examples))
-        probe = examples[0] if examples else next(iter(run.job_examples(1)), None)
+        probe = examples[0] if examples else next(iter(run.job.examples(run.model, run.device, run.dtype, 1)), None)
         if probe is not None:
             from .inspect.attention_maps import record as attention_record
 
@@ -523,14 +523,7 @@ class Run:
     def examples(self) -> list[dict]:
         """show_examples of the model's predictions now (lm.jobs: held-out examples, or a continuation)."""
         n = self.cfg.train.show_examples
-        return self.job_examples(n) if n > 0 and self.world.is_main else []
-
-    def job_examples(self, n: int) -> list[dict]:
-        was_training = self.model.training
-        try:
-            return self.job.examples(self.model, self.device, self.dtype, n)
-        finally:
-            self.model.train(was_training)
+        return self.job.examples(self.model, self.device, self.dtype, n) if n > 0 and self.world.is_main else []
 
     def checkpoint_bytes(self) -> int:
         """About what one checkpoint costs on disk: the weights (each tensor once, so tied weights count

@@ -195,3 +195,4 @@ def test_keeps_input_unless_the_output_is_more_likely_by_the_margin():
     low = min(gain[:2]) - 1.0
     assert keeps_input(model, src, mask, inputs, outputs, max(0.0, low), 8)[:2] == [g < max(0.0, low) for g in gain[:2]]
     assert keeps_input(model, src, mask, inputs, outputs, 1e9, 3) == [False, True, False]  # too long to score: output
+    assert keeps_input(model, src, mask, inputs, outputs, None, 8) == [False, False, False]  # no copy_margin: outputs
