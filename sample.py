@@ -9,6 +9,8 @@ Seq2seq task: print the model's output for one source sequence (greedy, or beam 
     python sample.py --checkpoint out/reverse/best.pt --input "5 7 9 2" [--beam 4]
     python sample.py --checkpoint out/grid/best.pt --input "012/340/567"   (grid: rows separated by /)
     python sample.py --checkpoint out/spell/best.pt --input "Thou art a vilain and a begger"   (spell)
+Graph task: print every node's answer, "node:answer" in node order (docs/graphs.md).
+    python sample.py --checkpoint out/graph/best.pt --input "0-1 1-2 2-3 3-0 2-4; source 0"
 
 Needs nothing but the checkpoint: the model's config and vocabulary are inside it.
 
@@ -27,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from lm.answers import answer, decode_tokens
+from lm.answers import answer, decode_tokens, graph_answer
 from lm.checkpoint import CheckpointError, load_model
 from lm.config import ConfigError
 from lm.generate import check_sampling, generate
@@ -56,7 +58,8 @@ def parse_args(argv):
     p.add_argument("--no_cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--input", default=None,
                    help='seq2seq checkpoints: the source, e.g. "5 7 9 2", "123+45", a grid "012/340/567" or '
-                        'a sentence to correct (task spell)')
+                        'a sentence to correct (task spell); task graph: an edge list, e.g. '
+                        '"0-1 1-2 2-3 3-0 2-4; source 0"')
     p.add_argument("--beam", type=int, default=1, help="seq2seq: beam width (1 = greedy decoding)")
     p.add_argument("--length_penalty", type=float, default=0.6, help="seq2seq beam search: GNMT alpha (0 = none)")
     return p.parse_args(argv)
@@ -181,11 +184,36 @@ def transduce(args, model, task, cfg, device) -> int:
     return 0
 
 
+GRAPH_EXAMPLES = {"distance": "0-1 1-2 2-3 3-0 2-4; source 0", "component": "0-1 1-2 3-4; labels 1 0 1 1 0",
+                  "degree": "0-1 1-2 2-3 3-0 2-4"}
+
+
+def label_nodes(args, model, task, cfg, device) -> int:
+    """Task graph: print every node's answer for the graph given as an edge list (lm.data.graphs), e.g.
+    "0:0 1:1 2:2 3:1 4:3"; a warning on stderr for a graph larger or smaller than those trained on."""
+    if args.input is None:
+        raise ValueError(f"{args.checkpoint} was trained on task 'graph' (graph_op {task.op}): give the graph with "
+                         f"--input, e.g. --input \"{GRAPH_EXAMPLES[task.op]}\" (edges a-b, then '; source S', "
+                         f"'; labels ...', '; nodes N' as the op needs; docs/graphs.md)")
+    if args.prompt is not None or args.prompt_file is not None:
+        raise ValueError("--prompt is for language-model checkpoints; for a graph use --input")
+    if args.beam != 1:
+        raise ValueError(f"--beam {args.beam}: a graph's answers come from one forward pass, there is nothing to "
+                         f"search; leave --beam out")
+    n, lo, hi = task.parse(args.input).num_nodes, cfg.data.min_len, cfg.data.max_len
+    if not lo <= n <= hi:
+        print(f"warning: the graph has {n} nodes, {'more' if n > hi else 'fewer'} than the {lo}..{hi} this model was "
+              f"trained on; its answers are less reliable (long_exact in the run's metrics.jsonl scores larger "
+              f"graphs)", file=sys.stderr)
+    print(graph_answer(model, task, args.input, device))
+    return 0
+
+
 def run(args) -> int:
     try:
         device = resolve_device(args.device)
         model, vocab, cfg = load_model(args.checkpoint, device)
-        job = sample_text if cfg.data.task == "lm" else transduce
+        job = {"lm": sample_text, "graph": label_nodes}.get(cfg.data.task, transduce)
         return job(args, model, vocab, cfg, device)
     except (ValueError, CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

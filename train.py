@@ -140,8 +140,9 @@ def describe(m: dict) -> str:
         return ", ".join(parts)
     for prefix, name in (("val", "held-out"), ("long", "longer")):
         if f"{prefix}_exact" in m:
+            unit = "node" if f"{prefix}_node_acc" in m else "token"  # task graph scores nodes
             parts.append(f"{name} exact match {100 * m[f'{prefix}_exact']:.1f}%, "
-                         f"token accuracy {100 * m[f'{prefix}_token_acc']:.1f}%")
+                         f"{unit} accuracy {100 * m[f'{prefix}_{unit}_acc']:.1f}%")
     return ", ".join(parts)
 
 

@@ -3,6 +3,7 @@
 Attention of a checkpoint on one input (a language model's --text, a seq2seq task's --input):
     python visualize.py --checkpoint out/shakespeare_char/best.pt --text "ROMEO: hello" --out viz/
     python visualize.py --checkpoint out/reverse/best.pt --input "5 7 9 2" --out viz/
+    python visualize.py --checkpoint out/graph/best.pt --input "0-1 1-2 2-3 3-0 2-4; source 0" --out viz/
 writes into --out, for every kind of attention the model has (encoder_self, decoder_self, cross):
     KIND_layerL_headH.png   one head (--layer, default the last layer; --head, default 0)
     KIND_layerL.png         every head of that layer
@@ -10,6 +11,7 @@ writes into --out, for every kind of attention the model has (encoder_self, deco
     attention.json          tokens, every map as [layer][head][query][key], each head's mean attention
                             distance and entropy, the model's settings
     attention.html          an interactive explorer of the same, one file that works offline
+(task graph: one row and column per node, the cells its mask forbids, no edge, drawn grey)
 
 Attention across checkpoints of one model (a directory: every *.pt file in it; or several files), in the
 order of their steps, each labelled with its held-out exact match (seq2seq) or validation loss (lm):
@@ -53,7 +55,8 @@ def parse_args(argv):
     what.add_argument("--runs", nargs="+", metavar="RUN_DIR", help="run directories whose loss curves to overlay")
     text = p.add_mutually_exclusive_group()
     text.add_argument("--text", help="language model: the text to attend over (at most block_size characters)")
-    text.add_argument("--input", help='seq2seq task: the source, e.g. "5 7 9 2", "123+45" or a grid "012/340/567"')
+    text.add_argument("--input", help='seq2seq task: the source, e.g. "5 7 9 2", "123+45" or a grid "012/340/567"; '
+                                      'task graph: an edge list, e.g. "0-1 1-2 2-3 3-0 2-4; source 0"')
     p.add_argument("--out", default="viz", help="directory for the files (default: %(default)s)")
     p.add_argument("--layer", type=int, default=None, help="layer of the one-head and one-layer plots "
                                                              "(0-based; default: the last)")
@@ -102,7 +105,8 @@ def write_data(data: dict, out: Path) -> list[Path]:
 
 
 def report(rec, text: str, prefix: str = "") -> None:
-    """A seq2seq record's decoded output on stdout, and a note on stderr when decoding found no EOS."""
+    """A seq2seq record's decoded output (a graph's answers) on stdout, and a note on stderr when decoding
+    found no EOS."""
     if rec.output is not None:
         print(f"{prefix}input {text!r} -> output {rec.output!r}")
         if not rec.ended:

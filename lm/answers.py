@@ -5,6 +5,7 @@
                     "012/340/567", a sentence to correct): parsed, decoded (greedy or beam search) and
                     written back as the task writes it; task spell corrects it piece by piece and
                     applies correction_filter (docs/seq2seq.md)
+    graph_answer    task graph: every node's answer for a graph written as an edge list
 
 Nothing here prints: what a user should be told comes out through the note callback (sample.py writes
 it on stderr), and every source is shown to on_source before it is decoded.
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import codecs
 from typing import Callable, Iterable, Iterator
+
+import torch
 
 from .data.sentences import normalise_space, split_sentences
 from .data.tasks import BOS, EOS, PAD
@@ -76,6 +79,17 @@ def _answer_one(model, task, cfg, text, device, beam, alpha, use_cache, note, on
                    source.src_pos, source.tgt_pos)[0]:
         tokens = source.ids
     return task.render(task.from_ids(tokens))
+
+
+@torch.no_grad()
+def graph_answer(model, task, text: str, device) -> str:
+    """Task graph: every node's answer for a graph written as text ("0-1 1-2 2-3 3-0 2-4; source 0"), as
+    sample.py --input prints it ("0:0 1:1 2:2 3:1 4:3", GraphTask.render_answers). The model is put in
+    eval mode and left there; it computes in its weights' dtype. ValueError for a graph it cannot take."""
+    batch = task.encode(task.parse(text)).to(device)
+    model.eval()
+    logits, _ = model(batch.tokens, batch.mask())  # (1, N, classes)
+    return task.render_answers(logits[0].argmax(-1).tolist())
 
 
 def filtered(task, cfg, source: str, output: str) -> str:

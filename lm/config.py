@@ -50,20 +50,35 @@ class DataConfig:
     tokenizer_sample: int = 10_000_000
     # what to learn: lm (language modelling on data_path) | copy | reverse | sort | add | grid
     # (generated seq2seq tasks, trained on an encoder-decoder; data_path is then unused) | spell (an
-    # encoder-decoder corrects the sentences of data_path, corrupted by a seeded noise model)
-    task: Literal["lm", "copy", "reverse", "sort", "add", "grid", "spell"] = "lm"
+    # encoder-decoder corrects the sentences of data_path, corrupted by a seeded noise model) | graph
+    # (an encoder labels every node of a random graph, whose edges are its attention mask)
+    task: Literal["lm", "copy", "reverse", "sort", "add", "grid", "spell", "graph"] = "lm"
     # task grid: the operation on the grid: rotate (90 degrees clockwise) | transpose | flip
     # (left-right) | gravity (coloured cells fall to the bottom of their column)
     grid_op: Literal["rotate", "transpose", "flip", "gravity"] = "rotate"
+    # task graph: each node's answer: distance (hops to the marked source node, capped at max_hops) |
+    # component (the smallest label in its connected component) | degree (its number of neighbours)
+    graph_op: Literal["distance", "component", "degree"] = "distance"
+    # task graph: the random graphs: er (Erdos-Renyi: each pair of nodes joined with probability
+    # mean_degree / (nodes - 1)) | tree (random trees: each node joins a uniformly chosen earlier one, in a
+    # random order) | mixed (each graph one or the other, with probability 1/2)
+    graph_family: Literal["mixed", "er", "tree"] = "mixed"
+    # task graph: the mean number of neighbours of a node of an er graph
+    mean_degree: float = 2.0
+    # task graph, graph_op distance: answers are 0..max_hops, max_hops meaning "max_hops or more, or
+    # unreachable"
+    max_hops: int = 4
     # tasks: number of distinct symbols (for add: the number base, 2..10; for grid: colours, 2..10)
     num_symbols: int = 10
     # tasks: shortest training sequence (for add: digits of the longer operand; for grid: the shortest
-    # side, rows and columns each drawn in min_len..max_len; for spell: characters of a sentence)
+    # side, rows and columns each drawn in min_len..max_len; for spell: characters of a sentence; for
+    # graph: nodes of a graph)
     min_len: int = 1
     # tasks: longest training sequence (for add: digits of the longer operand; for grid: the longest
-    # side; for spell: characters of a sentence, longer ones being cut at ; : , first)
+    # side; for spell: characters of a sentence, longer ones being cut at ; : , first; for graph: nodes)
     max_len: int = 16
-    # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none; not spell)
+    # tasks: a second held-out set has lengths max_len+1 .. eval_long_len (= max_len: none; not spell;
+    # for graph: larger graphs, of max_len+1 .. eval_long_len nodes)
     eval_long_len: int = 24
     # tasks: examples in each fixed held-out set (spell: sentences of the validation split, evenly spaced)
     held_out_size: int = 1000
@@ -121,7 +136,8 @@ class ModelConfig:
     qk_norm: bool = False
     # feed-forward activation: gelu | relu2 (ReLU squared)
     activation: Literal["gelu", "relu2"] = "gelu"
-    # output head tied to the (target) token embedding; false = a separate matrix
+    # output head tied to the (target) token embedding; false = a separate matrix (task graph: false, its
+    # head predicts answers, not tokens)
     tie_head: bool = True
     # encoder-decoder: cross-attention rotates its queries by their target positions and its keys by
     # their source positions (RoPE), so each score also depends on the offset t - s and an output that
@@ -130,6 +146,9 @@ class ModelConfig:
     # start the projections that write into the residual stream (attention output, feed-forward
     # output) at zero, and an untied head too; false = GPT-2's scaled normal initialisation
     zero_init: bool = False
+    # one block's weights shared by every layer of a stack: the same block applied num_blocks times
+    # (as in the Universal Transformer); false = num_blocks blocks of their own
+    share_blocks: bool = False
 
 
 @dataclass
@@ -248,6 +267,8 @@ NORMS = choices(ModelConfig, "norm")
 ACTIVATIONS = choices(ModelConfig, "activation")
 TASKS = choices(DataConfig, "task")
 GRID_OPS = choices(DataConfig, "grid_op")
+GRAPH_OPS = choices(DataConfig, "graph_op")
+GRAPH_FAMILIES = choices(DataConfig, "graph_family")
 TOKENIZERS = choices(DataConfig, "tokenizer")
 TIKTOKEN_ENCODINGS = tuple(name for name in TOKENIZERS if name not in ("char", "bpe"))
 LR_SCHEDULES = choices(TrainConfig, "lr_schedule")
@@ -519,11 +540,16 @@ def _validate_data(cfg: Config) -> None:
         _need(d.eval_long_len >= d.max_len, "eval_long_len", d.eval_long_len,
               f"it must be >= max_len ({d.max_len}); equal means no long held-out set")
         _need(d.held_out_size > 0, "held_out_size", d.held_out_size, "it must be a positive integer")
+        _need(d.task != "graph" or d.mean_degree >= 0, "mean_degree", d.mean_degree,
+              "it must be >= 0 (neighbours per node of an er graph)")
+        _need(d.task != "graph" or d.max_hops >= 1, "max_hops", d.max_hops, "it must be >= 1")
         _need(t.epochs is None, "epochs", t.epochs,
               "generated tasks have no fixed data to pass over; set max_iters or max_time instead (epochs: null)")
         _need(t.max_iters is not None or t.max_time is not None, "max_iters", t.max_iters,
               "generated tasks need max_iters (a number of steps) or max_time (seconds of training)")
     _choice(d, "grid_op")
+    _choice(d, "graph_op")
+    _choice(d, "graph_family")
     _choice(d, "correction_filter")
     _need(d.copy_margin is None or d.copy_margin >= 0, "copy_margin", d.copy_margin,
           "it must be >= 0 nats (or null: always the model's output)")
@@ -542,9 +568,16 @@ def _validate_model(cfg: Config) -> None:
     _need(m.pos_encoding not in GRID_ENCODINGS or d.task == "grid", "pos_encoding", m.pos_encoding,
           f"it encodes the (row, column) of a grid, and task {d.task!r} has no grid; use it with task: grid, "
           f"or a 1D encoding ({', '.join(p for p in POS_ENCODINGS if p not in GRID_ENCODINGS)})")
-    _need(m.pos_encoding != "none" or d.task in ("lm", "sort"), "pos_encoding", m.pos_encoding,
+    _need(m.pos_encoding != "none" or d.task in ("lm", "sort", "graph"), "pos_encoding", m.pos_encoding,
           f"without positions the encoder sees its source as an unordered bag of symbols, and task {d.task!r} "
-          f"depends on their order; use another encoding (none suits lm, whose causal mask gives order, and sort)")
+          f"depends on their order; use another encoding (none suits lm, whose causal mask gives order, sort "
+          f"and graph)")
+    _need(m.pos_encoding == "none" or d.task != "graph", "pos_encoding", m.pos_encoding,
+          "task graph's nodes have no order: the graph reaches the model only through the attention mask (its "
+          "edges), and node numbers are arbitrary; use pos_encoding: none")
+    _need(not m.tie_head or d.task != "graph", "tie_head", m.tie_head,
+          "task graph's head predicts each node's answer, not a token, so there is no embedding to tie it to; "
+          "set tie_head: false")
     _need(m.pos_encoding != "randomized" or d.task != "lm", "pos_encoding", m.pos_encoding,
           "randomized positions are a length-generalisation method for the seq2seq tasks (copy, reverse, ...); "
           "for task lm use learned, sinusoidal, rope or none")
@@ -557,8 +590,9 @@ def _validate_model(cfg: Config) -> None:
           m.embedding_dim, f"pos_encoding {m.pos_encoding} needs an even embedding_dim")
     _need(m.pos_encoding != "sinusoidal_2d" or m.embedding_dim % 4 == 0, "embedding_dim", m.embedding_dim,
           "pos_encoding sinusoidal_2d needs an embedding_dim divisible by 4")
-    _need(not m.cross_rope or d.task != "lm", "cross_rope", m.cross_rope,
-          "it rotates an encoder-decoder's cross-attention, and task lm is a GPT without one")
+    _need(not m.cross_rope or d.task not in ("lm", "graph"), "cross_rope", m.cross_rope,
+          f"it rotates an encoder-decoder's cross-attention, and task {d.task} has none (a "
+          f"{'GPT' if d.task == 'lm' else 'node-labelling encoder'})")
     _need(not m.cross_rope or (m.pos_encoding not in GRID_ENCODINGS and m.pos_encoding != "randomized"), "cross_rope", m.cross_rope,
           f"it counts consecutive positions 0, 1, 2, ... on both sides; pos_encoding {m.pos_encoding} gives "
           f"positions of its own (use a 1D encoding: learned, sinusoidal, rope)")

@@ -7,6 +7,7 @@ the examples of its predictions shown at each evaluation).
     LanguageModelJob   task: lm       GPT on a text corpus, random block_size windows
     Seq2SeqJob         task: copy...  EncoderDecoder on generated (source, target) pairs
     SpellJob           task: spell    EncoderDecoder correcting a corpus's sentences, noised afresh
+    GraphJob           task: graph    NodeClassifier labelling the nodes of random graphs (mask = edges)
 
 ``make_job`` builds the one a config asks for. Each batch is a pure function of (seed, index), so a
 resumed run replays the same data.
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .answers import answer, decode_tokens
+from .answers import answer, decode_tokens, graph_answer
 from .config import Config, ConfigError
 from .data.corpus import DataError, PreparationStopped, TokenizerSource, obtain_corpus, prepare_corpus
 from .data.noise import NoiseModel, load_misspellings
+from .data.graphs import IGNORE, GraphBatch, GraphTask
 from .data.layout import positions
 from .data.padding import pad_sequences
 from .data.spell import SentenceFile, SpellTask, prepare_sentences
@@ -102,6 +104,8 @@ def vocab_from_state(state: dict):
         return tokenizer_from_state(state)
     if state["task"] == "spell":
         return SpellTask.from_state(state)
+    if state["task"] == "graph":
+        return GraphTask.from_state(state)
     return task_from_state(state)
 
 
@@ -390,6 +394,104 @@ class Seq2SeqJob:
                 for (source, target), p in zip(pairs, predictions)]
 
 
+# ----------------------------------------------------------------------------- task graph
+
+class GraphJob:
+    """Task graph (lm.data.graphs) on a NodeClassifier: fresh random graphs every step, each node's answer
+    learned with the graph's adjacency (plus self-loops) as the attention mask; fixed held-out sets of
+    the trained sizes and of larger graphs (max_len+1 .. eval_long_len nodes)."""
+
+    def __init__(self, cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
+                 should_stop: Callable[[], bool] = lambda: False):
+        self.cfg = cfg
+        d = cfg.data
+        self.task = self.vocab = GraphTask.from_state(saved["tokenizer"]) if saved else GraphTask.from_config(cfg)
+        largest = max(d.max_len, d.eval_long_len)
+        if cfg.model.block_size < largest:
+            raise ConfigError(f"block_size: {cfg.model.block_size} is too small for graphs of up to {largest} nodes "
+                              f"(max_len / eval_long_len): a node is a token, so it must be at least {largest}")
+        seed = cfg.train.seed
+        self.held_out = self.task.draw(d.held_out_size, d.min_len, d.max_len, seeded_generator(seed, HELD_OUT_STREAM))
+        self.long = (self.task.draw(d.held_out_size, d.max_len + 1, d.eval_long_len, seeded_generator(seed, LONG_STREAM))
+                     if d.eval_long_len > d.max_len else None)
+        emit({"event": "task", "task": d.task, "vocab_size": self.task.vocab_size, "lengths": (d.min_len, d.max_len),
+              "held_out": len(self.held_out), "long_lengths": (d.max_len + 1, d.eval_long_len) if self.long else None})
+
+    def steps_per_epoch(self) -> None:
+        return None  # fresh graphs every step: no epochs (the config must set max_iters or max_time)
+
+    def batch(self, index: int) -> GraphBatch:
+        """Training batch `index`: batch_size graphs, a pure function of (seed, index)."""
+        c = self.cfg
+        return self.task.draw(c.train.batch_size, c.data.min_len, c.data.max_len,
+                              seeded_generator(c.train.seed, TRAIN_STREAM, index))
+
+    def batches(self, start: int, stride: int = 1) -> Iterator:
+        for index in itertools.count(start, stride):
+            yield self.batch(index)
+
+    def loss(self, model, batch: GraphBatch, device) -> tuple[torch.Tensor, int]:
+        """Cross-entropy of every real node's answer; the tokens counted are the nodes."""
+        nodes = int(batch.real.sum())
+        b = batch.to(device)
+        logits, _ = model(b.tokens, b.mask())  # (B, N, classes)
+        return token_loss(logits, b.answers, ignore_index=IGNORE, label_smoothing=self.cfg.train.label_smoothing), nodes
+
+    @torch.no_grad()
+    def score(self, model, graphs: GraphBatch, device, dtype, chunk: int = 250) -> dict:
+        """Loss per node, node accuracy, whole-graph exact match (every node right), and by_answer: for each
+        right answer a, [nodes whose answer is a that the model got right, nodes whose answer is a]."""
+        model.eval()
+        loss_sum, right, nodes, exact = 0.0, 0, 0, 0
+        by_answer: dict[int, list[int]] = {}
+        for i in range(0, len(graphs), chunk):
+            b = graphs[i : i + chunk].to(device)
+            with autocast(device, dtype):
+                logits, _ = model(b.tokens, b.mask())
+                loss = token_loss(logits, b.answers, ignore_index=IGNORE)
+            n = int(b.real.sum())
+            hit = (logits.argmax(-1) == b.answers) & b.real  # (B, N)
+            loss_sum, right, nodes = loss_sum + loss.item() * n, right + int(hit.sum()), nodes + n
+            exact += int((hit | ~b.real).all(dim=1).sum())
+            for a, h in zip(b.answers[b.real].tolist(), hit[b.real].tolist()):
+                counts = by_answer.setdefault(a, [0, 0])
+                counts[0] += h
+                counts[1] += 1
+        model.train()
+        return {"loss": loss_sum / nodes, "node_acc": right / nodes, "exact": exact / len(graphs),
+                "by_answer": dict(sorted(by_answer.items()))}
+
+    def evaluate(self, model, device, dtype, world: World = World()) -> dict:
+        """Loss, node accuracy and whole-graph exact match on the held-out graphs, and on the larger ones
+        (long_*). Every process scores them whole (they are small), so world is not needed."""
+        held = self.score(model, self.held_out, device, dtype)
+        out = {"val_loss": held["loss"], "val_node_acc": held["node_acc"], "val_exact": held["exact"]}
+        if self.long is not None:
+            long = self.score(model, self.long, device, dtype)
+            out.update({"long_loss": long["loss"], "long_node_acc": long["node_acc"], "long_exact": long["exact"]})
+        return out
+
+    def final(self, model, device, dtype, world: World = World()) -> dict:
+        return {f"final_{k}": v for k, v in self.evaluate(model, device, dtype).items()}
+
+    def examples(self, model, device, dtype, n: int) -> list[dict]:
+        """The first n held-out graphs: the input as sample.py --input takes it, the prediction as it prints
+        it (lm.answers.graph_answer, in float32), the target written the same way."""
+        task = self.task
+        pairs = []
+        for i in range(min(n, len(self.held_out))):
+            real = self.held_out.real[i]
+            pairs.append((task.render(task.graph(self.held_out, i)),
+                          task.render_answers(self.held_out.answers[i][real].tolist())))
+        was_training = model.training
+        try:
+            predictions = [graph_answer(model, task, source, device) for source, _ in pairs]
+        finally:
+            model.train(was_training)
+        return [{"input": source, "prediction": p, "target": target, "right": p == target}
+                for (source, target), p in zip(pairs, predictions)]
+
+
 # ----------------------------------------------------------------------------- task spell
 
 class SpellJob(Seq2SeqJob):
@@ -599,5 +701,5 @@ def _changed(outputs: list[str], clean: list[str]) -> float:
 def make_job(cfg: Config, saved: dict | None, out_dir: Path, emit: Callable[[dict], None],
              should_stop: Callable[[], bool] = lambda: False) -> Job:
     """The job for cfg.data.task. should_stop() is asked while a corpus is prepared (PreparationStopped)."""
-    job = {"lm": LanguageModelJob, "spell": SpellJob}.get(cfg.data.task, Seq2SeqJob)
+    job = {"lm": LanguageModelJob, "spell": SpellJob, "graph": GraphJob}.get(cfg.data.task, Seq2SeqJob)
     return job(cfg, saved, out_dir, emit, should_stop)

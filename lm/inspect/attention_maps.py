@@ -4,6 +4,8 @@
 lm.nn.models.AttentionMaps) and returns an AttentionRecord:
 
     language model   the text's characters, and decoder_self (causal) maps over them
+    graph task       the graph's nodes, their answers, encoder_self maps (node x node) and the mask
+                     they were computed under (adjacency + self-loops): a masked cell's weight is 0
     seq2seq task     the source, the greedy output, and the teacher-forced pass over BOS + output:
                      encoder_self (source x source), decoder_self (decoder input x decoder input)
                      and cross (decoder input x source). Counting from 0, decoder input i (input 0
@@ -13,10 +15,11 @@ lm.nn.models.AttentionMaps) and returns an AttentionRecord:
 
 ``AttentionRecord.to_json()`` is the content of attention.json (and of the explorer page):
 
-    {"kind": "lm" | "seq2seq", "tokens": [...] or {"source": [...], "target": [...]},
+    {"kind": "lm" | "seq2seq" | "graph", "tokens": [...] or {"source": [...], "target": [...]},
      "attentions": {"encoder_self" | "decoder_self" | "cross": [layer][head][query][key]},
      "stats": {kind: {"distance": [layer][head], "entropy": [layer][head]}},
-     "config": {"task": ..., the model's settings}, "output": the decoded output (seq2seq)}
+     "config": {"task": ..., the model's settings}, "output": the decoded output (seq2seq) or the answers
+     (graph), "mask": [query][key] 1 where attention is allowed, 0 where masked (graph)}
 
 Layers and heads count from 0. Differential attention's maps are signed (see AttentionMaps).
 
@@ -58,12 +61,13 @@ class AttentionRecord:
     tokens: list[str] | dict[str, list[str]]  # lm: the text's tokens; seq2seq: {"source": ..., "target": ...}
     maps: dict[str, np.ndarray]  # attention kind -> (layers, heads, T_q, T_k) float32
     config: dict  # {"task": ..., the model's settings}
-    output: str | None = None  # seq2seq: the decoded output, as the task writes it
+    output: str | None = None  # seq2seq: the decoded output, as the task writes it; graph: the answers
     ended: bool = True  # seq2seq: whether decoding ended with EOS (False: it stopped at its length limit)
+    mask: np.ndarray | None = None  # graph: (N, N) bool, where encoder_self may attend (adjacency + self-loops)
 
     def axes(self, kind: str) -> tuple[list[str], list[str]]:
         """(query tokens, key tokens) of an attention kind."""
-        if self.kind == "lm":
+        if self.kind in ("lm", "graph"):
             return self.tokens, self.tokens
         source, target = self.tokens["source"], self.tokens["target"]
         return {"encoder_self": (source, source), "decoder_self": (target, target), "cross": (target, source)}[kind]
@@ -85,6 +89,8 @@ class AttentionRecord:
                 "config": self.config}
         if self.output is not None:
             data["output"] = self.output
+        if self.mask is not None:
+            data["mask"] = self.mask.astype(int).tolist()
         return data
 
 
@@ -133,7 +139,8 @@ def _stack(maps) -> dict[str, np.ndarray]:
 
 
 def _settings(cfg) -> dict:
-    extra = {"grid_op": cfg.data.grid_op} if cfg.data.task == "grid" else {}
+    extra = ({"grid_op": cfg.data.grid_op} if cfg.data.task == "grid" else
+             {"graph_op": cfg.data.graph_op} if cfg.data.task == "graph" else {})
     return {"task": cfg.data.task, **extra, **asdict(cfg.model)}
 
 
@@ -175,8 +182,24 @@ def record_input(model, task, cfg, text: str, device) -> AttentionRecord:
                            ended=ended)
 
 
+@torch.no_grad()
+def record_graph(model, task, cfg, text: str, device) -> AttentionRecord:
+    """Task graph: the encoder's attention over a graph written as text (lm.data.graphs), one row and one
+    column per node, with the mask it attended under (adjacency + self-loops) and its answers."""
+    model.eval()
+    graph = task.parse(text)
+    batch = task.encode(graph).to(device)
+    mask = batch.mask()
+    logits, maps = model(batch.tokens, mask, return_weights=True)
+    return AttentionRecord("graph", task.node_texts(graph), _stack(maps), _settings(cfg),
+                           output=task.render_answers(logits[0].argmax(-1).tolist()), mask=mask[0].cpu().numpy())
+
+
 def record(model, vocab, cfg, text: str, device) -> AttentionRecord:
-    """record_text for a language model (vocab: its tokenizer), record_input for a task (vocab: the Task)."""
+    """record_text for a language model (vocab: its tokenizer), record_graph for task graph, record_input for
+    a seq2seq task (vocab: the Task)."""
     if cfg.data.task == "lm":
         return record_text(model, vocab, cfg, text, device)
+    if cfg.data.task == "graph":
+        return record_graph(model, vocab, cfg, text, device)
     return record_input(model, vocab, cfg, text, device)

@@ -15,16 +15,19 @@ page (every checkpoint's too): white to dark blue from 0 to the largest weight, 
 negative or config["attention"] is "differential", blue through white to red, symmetric around 0.
 
 data, one example:
-    kind        "lm" or "seq2seq"
-    tokens      lm: one list (queries and keys); seq2seq: {"source": [...], "target": [...]}
+    kind        "lm", "seq2seq" or "graph"
+    tokens      lm: one list (queries and keys); seq2seq: {"source": [...], "target": [...]}; graph:
+                one list, the nodes
     attentions  {kind: [layer][head][query][key]} for the kinds the model has: encoder_self
                 (source x source), decoder_self (target x target, or tokens x tokens), cross
-                (target x source); an lm has decoder_self only
+                (target x source); an lm has decoder_self only, a graph encoder_self only
     stats       optional: {kind: {"distance": [layer][head], "entropy": [layer][head]}}, each head's
                 mean attention distance (positions) and mean row entropy (nats), shown under its
                 thumbnail (lm.inspect.attention_maps.head_stats)
     config      plain JSON: the model's settings, shown as the page's summary line and table
-    output      optional: the seq2seq model's decoded output, shown under the summary
+    output      optional: the seq2seq model's decoded output (a graph's answers), shown under the summary
+    mask        optional (graph): [query][key] 1 where attention may go, 0 where the mask forbids it (no
+                edge): such cells are drawn grey
     view        optional: {"layer": L, "head": H}, the map the page opens on (default 0, 0)
 
 data, several checkpoints of one model:
@@ -57,13 +60,17 @@ def _check_example(data: dict) -> None:
     """Raise ValueError unless every map has one row per query token and one column per key token, and
     the stats (where present) one number per layer and head."""
     kind, tokens, attentions = data["kind"], data["tokens"], data["attentions"]
-    if kind not in ("lm", "seq2seq"):
-        raise ValueError(f"kind is {kind!r}: it must be 'lm' or 'seq2seq'")
-    allowed = ("decoder_self",) if kind == "lm" else tuple(SIDES)
+    if kind not in ("lm", "seq2seq", "graph"):
+        raise ValueError(f"kind is {kind!r}: it must be 'lm', 'seq2seq' or 'graph'")
+    allowed = {"lm": ("decoder_self",), "graph": ("encoder_self",)}.get(kind, tuple(SIDES))
     if not attentions or set(attentions) - set(allowed):
         raise ValueError(f"attentions has {sorted(attentions)}: a {kind} page shows some of {list(allowed)}")
+    flat = kind in ("lm", "graph")  # one list of tokens (nodes) for queries and keys
+    mask = data.get("mask")
+    if mask is not None and (len(mask) != len(tokens) or any(len(row) != len(tokens) for row in mask)):
+        raise ValueError(f"mask must be {len(tokens)} x {len(tokens)} (nodes x nodes)")
     for name, layers in attentions.items():
-        rows, cols = (tokens, tokens) if kind == "lm" else (tokens[SIDES[name][0]], tokens[SIDES[name][1]])
+        rows, cols = (tokens, tokens) if flat else (tokens[SIDES[name][0]], tokens[SIDES[name][1]])
         for layer in layers:
             for head in layer:
                 if len(head) != len(rows) or any(len(row) != len(cols) for row in head):

@@ -6,7 +6,7 @@ Attention (from an lm.inspect.attention_maps.AttentionRecord), tokens as axis la
     plot_overview   every layer (rows) and head (columns)
     plot_strip      one head across checkpoints (Frames), with its distance and entropy against step
 Weights in [0, 1] use a sequential scale from 0; signed weights (differential attention) a
-diverging one centred on 0.
+diverging one centred on 0. Task graph's cells that its mask forbids (no edge) are grey.
 
 Training (from the records of metrics.jsonl):
     plot_run        loss.png of one run: train and validation loss against step and against
@@ -22,6 +22,7 @@ import io
 import math
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -70,8 +71,21 @@ def _ticks(ax, axis: str, tokens: list[str], fontsize: float) -> None:
         ax.set_yticks(where, labels, fontsize=fontsize)
 
 
+MASKED = "#bebebe"  # the colour of a cell the attention mask forbids (task graph: no edge)
+
+
+def _masked(record, kind: str) -> np.ndarray | None:
+    """The cells to draw as masked: task graph's encoder_self, where the mask (adjacency + self-loops) is
+    False; None for everything else (masked keys there, future or padding, are simply weight 0)."""
+    return ~record.mask if record.mask is not None and kind == "encoder_self" else None
+
+
 def _heatmap(ax, weights: np.ndarray, queries: list[str], keys: list[str], cmap: str, norm: Normalize,
-             labels: bool = True, fontsize: float = 8):
+             labels: bool = True, fontsize: float = 8, masked: np.ndarray | None = None):
+    """weights (T_q, T_k) as an image; masked: (T_q, T_k) bool, cells drawn in MASKED grey whatever their weight."""
+    if masked is not None:
+        weights = np.ma.masked_array(weights, mask=masked)
+        cmap = matplotlib.colormaps[cmap].with_extremes(bad=MASKED)
     image = ax.imshow(weights, cmap=cmap, norm=norm, interpolation="nearest", aspect="auto")
     if labels:
         _ticks(ax, "x", keys, fontsize)
@@ -87,6 +101,8 @@ def _axis_names(record, kind: str) -> tuple[str, str]:
     """(query axis, key axis) titles."""
     if record.kind == "lm":
         return "query (token)", "key (token)"
+    if record.kind == "graph":
+        return "node (query)", "node (key; grey: no edge, masked)"
     return {"encoder_self": ("source (query)", "source (key)"),
             "decoder_self": ("decoder input (query)", "decoder input (key)"),
             "cross": ("decoder input (query)", "source (key)")}[kind]
@@ -105,7 +121,7 @@ def plot_head(record, kind: str, layer: int, head: int, path: str | Path) -> Fig
     side = min(12.0, max(4.0, 0.22 * max(len(queries), len(keys)) + 2))
     fig = Figure(figsize=(side + 1, side))
     ax = fig.add_subplot()
-    image = _heatmap(ax, weights, queries, keys, cmap, norm)
+    image = _heatmap(ax, weights, queries, keys, cmap, norm, masked=_masked(record, kind))
     ylabel, xlabel = _axis_names(record, kind)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -124,7 +140,7 @@ def _grid(record, kind: str, cells: list[tuple[int, int]], ncols: int, labels: b
     image = None
     for ax, (layer, head) in zip(axes.flat, cells):
         image = _heatmap(ax, record.maps[kind][layer, head], queries, keys, cmap, norm, labels=labels,
-                         fontsize=6 if labels else 0)
+                         fontsize=6 if labels else 0, masked=_masked(record, kind))
         ax.set_title(f"layer {layer} head {head}", fontsize=8)
     for ax in axes.flat[len(cells):]:
         ax.set_visible(False)
@@ -168,7 +184,7 @@ def plot_strip(frames, kind: str, layer: int, head: int, path: str | Path) -> Fi
         ax = fig.add_subplot(grid[0, i])
         queries, keys = frame.record.axes(kind)
         image = _heatmap(ax, frame.record.maps[kind][layer, head], queries, keys, cmap, norm, labels=labels,
-                         fontsize=6)
+                         fontsize=6, masked=_masked(frame.record, kind))
         ax.set_title(plain(frame.label), fontsize=8)
         ax.set_xlabel(f"distance {distance[i]:.2f} · entropy {entropy[i]:.2f}", fontsize=7)
         maps.append(ax)

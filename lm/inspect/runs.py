@@ -160,8 +160,9 @@ def _identity(snapshot: Snapshot) -> dict:
     resume may change, and which does nothing at inference), and the vocabulary."""
     cfg = snapshot.cfg
     model = {k: v for k, v in asdict(cfg.model).items() if k != "dropout"}
-    grid = {"grid_op": cfg.data.grid_op} if cfg.data.task == "grid" else {}
-    return {"task": cfg.data.task, **grid, **model, "vocabulary": snapshot.vocab_state}
+    op = ({"grid_op": cfg.data.grid_op} if cfg.data.task == "grid" else
+          {"graph_op": cfg.data.graph_op} if cfg.data.task == "graph" else {})
+    return {"task": cfg.data.task, **op, **model, "vocabulary": snapshot.vocab_state}
 
 
 def check_same_model(first: Snapshot, other: Snapshot) -> None:

@@ -3,8 +3,8 @@
 from .attention import KVCache, MultiHeadAttention, build_mask
 from .block import Block, FeedForward, LayerCache
 from .loss import token_loss
-from .models import GPT, AttentionMaps, Encoder, EncoderDecoder, make_model
+from .models import GPT, AttentionMaps, Encoder, EncoderDecoder, NodeClassifier, make_model
 from .position import make_positional
 
 __all__ = ["KVCache", "MultiHeadAttention", "build_mask", "Block", "FeedForward", "LayerCache", "AttentionMaps",
-           "GPT", "Encoder", "EncoderDecoder", "make_model", "make_positional", "token_loss"]
+           "GPT", "Encoder", "EncoderDecoder", "NodeClassifier", "make_model", "make_positional", "token_loss"]

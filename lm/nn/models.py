@@ -1,4 +1,4 @@
-"""Models as thin stacks of the shared Block: GPT (decoder only), Encoder, EncoderDecoder."""
+"""Models as thin stacks of the shared Block: GPT (decoder only), Encoder, EncoderDecoder, NodeClassifier."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..config import Config, ModelConfig
+from ..data.graphs import GraphTask
 from .block import NORM_PLACEMENTS, Block, LayerCache, registered, drop, make_norm
 from .position import CrossRotation, make_positional
 
@@ -96,7 +97,10 @@ class Embedder(nn.Module):
 
 
 def _stack(cfg: ModelConfig, causal: bool, cross_attention: bool) -> nn.ModuleList:
-    """num_blocks Blocks, numbered 1..L (layer: differential attention's lambda_init depends on the depth)."""
+    """num_blocks Blocks, numbered 1..L (layer: differential attention's lambda_init depends on the depth).
+    share_blocks: one Block (layer 1) in every place, so the stack applies it num_blocks times."""
+    if cfg.share_blocks:
+        return nn.ModuleList([Block(cfg, causal, cross_attention, 1)] * cfg.num_blocks)
     return nn.ModuleList(Block(cfg, causal, cross_attention, layer) for layer in range(1, cfg.num_blocks + 1))
 
 
@@ -290,6 +294,47 @@ class EncoderDecoder(nn.Module):
                 + 6 * c.embedding_dim * c.vocab_size)
 
 
+class NodeClassifier(nn.Module):
+    """An Encoder whose attention mask is a graph, and a linear head that labels every node (task graph):
+
+        h_L = Encoder(tokens; mask = A + I);   logits_i = h_L,i W^T   (one answer per node i)
+
+    Self-attention is message passing along the mask: in each block node i gathers
+    sum_j softmax_j(q_i k_j / sqrt(d)) v_j over j in {i} and its neighbours only, so after L blocks a
+    node's state depends on the nodes at most L hops away and on nothing else (no positions: node
+    numbers are arbitrary).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, Embedder(cfg))  # given an Embedder, it leaves initialisation to us
+        self.head = nn.Linear(cfg.embedding_dim, num_classes, bias=False)
+        init_weights(self, cfg.num_blocks, cfg.zero_init)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, *, return_weights: bool = False):
+        """tokens: (B, N) node tokens; mask: (B, N, N) bool, True where node i may attend to node j (the
+        adjacency plus self-loops, lm.data.graphs.GraphBatch.mask). Returns (logits (B, N, classes),
+        attentions): an AttentionMaps with encoder_self when return_weights, else None."""
+        states, maps = self.encoder(tokens, attn_mask=mask, return_weights=return_weights)  # (B, N, C)
+        return self.head(states), maps
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """6 N + 6 L T C + 6 C K per node, as for GPT (N the non-embedding parameters, the head included
+        there; T = block_size), with K the classes: an estimate, the mask being dense."""
+        c = self.cfg
+        n = self.num_params() - sum(p.numel() for p in self.encoder.embed.parameters())
+        return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim
+
+
 def make_model(cfg: Config) -> nn.Module:
-    """The model a config describes: GPT for task lm, EncoderDecoder for the seq2seq tasks."""
-    return GPT(cfg.model) if cfg.data.task == "lm" else EncoderDecoder(cfg.model)
+    """The model a config describes: GPT for task lm, NodeClassifier for task graph, EncoderDecoder for the
+    seq2seq tasks."""
+    if cfg.data.task == "lm":
+        return GPT(cfg.model)
+    if cfg.data.task == "graph":
+        return NodeClassifier(cfg.model, GraphTask.from_config(cfg).num_classes)
+    return EncoderDecoder(cfg.model)
