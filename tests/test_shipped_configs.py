@@ -28,7 +28,8 @@ NOT_COMPUTED = {"out_dir", "eval_interval", "eval_iters", "log_interval", "num_w
                 "tokenizer_sample", "grid_op", "num_symbols", "min_len", "max_len", "eval_long_len",
                 "held_out_size", "share_embeddings", "muon_lr", "decay_fraction", "vocab_size", "noise_rate",
                 "noise_edits", "train_noise_rate", "misspelling_rate", "correction_filter", "copy_margin", "cross_rope",
-                "logger", "show_examples", "keep_every", "keep_every_epoch", "keep_last"}
+                "logger", "show_examples", "keep_every", "keep_every_epoch", "keep_last", "graph_op", "graph_family",
+                "mean_degree", "max_hops"}
 
 
 def resolved() -> dict[str, dict]:

@@ -26,7 +26,8 @@ from helpers import TIMEOUT, grid_reference, popen, tiny
 from lm import config
 from lm.checkpoint import load as load_checkpoint
 from lm.data.spell import SpellTask
-from lm.jobs import SpellJob
+from lm.data.graphs import GraphTask
+from lm.jobs import GraphJob, SpellJob
 from lm.checkpoint import load_model
 from lm.config import ConfigError, ModelConfig
 from lm.generate import beam_search, generate, greedy_decode
@@ -125,11 +126,12 @@ def test_every_named_setting_has_its_registry(field, registry):
 
 
 def test_every_task_name_has_its_task():
-    """DataConfig.task's names: lm (the language-model job), one class per generated task, in one order, and
-    spell (sentences of a corpus: its SpellTask and SpellJob)."""
-    assert config.TASKS == ("lm", *TASK_CLASSES, "spell")
+    """DataConfig.task's names: lm (the language-model job), one class per generated task, in one order,
+    spell (sentences of a corpus: its SpellTask and SpellJob) and graph (its GraphTask and GraphJob)."""
+    assert config.TASKS == ("lm", *TASK_CLASSES, "spell", "graph")
     assert all(TASK_CLASSES[name].name == name for name in TASK_CLASSES)
     assert SpellTask.name == "spell" and SpellJob.__name__ == "SpellJob"
+    assert GraphTask.name == "graph" and GraphJob.__name__ == "GraphJob"
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
