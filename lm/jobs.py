@@ -405,7 +405,8 @@ class GraphJob:
                  should_stop: Callable[[], bool] = lambda: False):
         self.cfg = cfg
         d = cfg.data
-        self.task = self.vocab = GraphTask.from_state(saved["tokenizer"]) if saved else GraphTask.from_config(cfg)
+        # from the config, resumed too: a resume that changes the task is refused (checkpoint.check_resume_vocab)
+        self.task = self.vocab = GraphTask.from_config(cfg)
         largest = max(d.max_len, d.eval_long_len)
         if cfg.model.block_size < largest:
             raise ConfigError(f"block_size: {cfg.model.block_size} is too small for graphs of up to {largest} nodes "

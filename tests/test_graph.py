@@ -337,3 +337,47 @@ def test_masked_cells_are_drawn_grey(tmp_path):
     rgba = image.to_rgba(image.get_array())  # (4, 4, 4): what each cell is drawn as
     grey = np.array(to_rgba(plots.MASKED))
     assert all(np.allclose(rgba[q, k], grey) == (not rec.mask[q, k]) for q in range(4) for k in range(4))
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_a_changed_task_is_refused(tmp_path):
+    """12 steps straight == 6 steps, then a resume for 6 more (dropout on): same losses and weights; a resume
+    that changes what the nodes answer is refused."""
+    from lm.checkpoint import load as load_checkpoint, resume_point
+    from lm.trainer import train
+
+    def cfg(out, *extra):
+        return load(ROOT / "configs" / "graph.yaml", [
+            f"--out_dir={out}", "--num_blocks=2", "--embedding_dim=16", "--max_len=6", "--eval_long_len=8",
+            "--block_size=8", "--held_out_size=20", "--batch_size=8", "--dropout=0.1", "--eval_interval=4",
+            "--warmup_iters=2", "--lr_decay_iters=12", "--log_interval=1", "--show_examples=0", "--device=cpu", *extra])
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(cfg(straight, "--max_iters=12"))
+    train(cfg(split, "--max_iters=6"))
+    train(cfg(split, "--max_iters=12"), resume=resume_point(True, split))
+    losses = lambda d: [(r["step"], r["train_loss"]) for r in metrics(d) if "train_loss" in r]
+    assert losses(straight) == losses(split)
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(split / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    with pytest.raises(ConfigError, match="vocabulary differs"):
+        train(cfg(split, "--max_iters=16", "--graph_op=degree"), resume=resume_point(True, split))
+
+
+def test_alike_nodes_cannot_count_their_neighbours_so_degree_labels_them():
+    """Attention averages: when every node has the same token, every node's output is the same whatever its
+    degree (why graph_op degree gives nodes random labels, lm.data.graphs); with labels, outputs differ."""
+    torch.manual_seed(0)
+    cfg = graph_cfg("--num_blocks=2", "--embedding_dim=32", "--graph_op=degree", "--num_symbols=8")
+    model = make_model(cfg).eval()
+    task = GraphTask.from_config(cfg)
+    star = Graph(5, [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2)], [0] * 5)  # degrees 4, 2, 2, 1, 1
+    with torch.no_grad():
+        alike, _ = model(*(lambda b: (b.tokens, b.mask()))(task.encode(star)))
+        star.labels = [0, 1, 2, 3, 4]
+        labelled, _ = model(*(lambda b: (b.tokens, b.mask()))(task.encode(star)))
+    assert torch.allclose(alike[0], alike[0, :1].expand(5, -1), atol=1e-6)  # one output for every node
+    assert not torch.allclose(labelled[0, 0], labelled[0, 3], atol=1e-3)
+    assert task.labelled and not GraphTask.from_config(graph_cfg()).labelled  # degree and component; not distance
+    drawn = task.draw(200, 8, 8, torch.Generator().manual_seed(0))
+    assert len(drawn.tokens.unique()) == 8  # the labels are drawn, all 8 of them

@@ -17,15 +17,18 @@ Ops (graph_op), each node's answer:
     component  the smallest label in the node's connected component (labels: 0..num_symbols-1)
     degree     its number of neighbours, 0..block_size-1
 Tokens: 0 = PAD, 1 = BOS, 2 = EOS (the seq2seq layout; BOS and EOS unused), then the labels, then
-SOURCE. With distance and degree every node has label 0 (only the structure matters) and distance's
-source is the SOURCE token; with component labels are uniform over num_symbols.
+SOURCE. With component and degree labels are uniform over num_symbols; with distance every node has
+label 0 and the source is the SOURCE token. Degree needs labels: attention averages what it reads, and
+over identical nodes an average is the same whatever their number, so a node could not count its
+neighbours; with labels it can tell itself from them, and the share of attention left on itself,
+e^s / (e^s + deg), carries the count.
 
 Text (sample.py --input, the examples a run shows): an edge list of node numbers 0..n-1, then
 optional parts after semicolons, e.g. "0-1 1-2 2-3 3-0 2-4; source 0":
     a-b ...        the edges (undirected; no a-a: every node attends to itself anyway); empty only with
                    "nodes N" (a graph without edges)
     source S       the source node (distance only, and there required)
-    labels L0 L1   one label per node (component; default: the node numbers, when they are labels)
+    labels L0 L1   one label per node (component, degree; default: the node numbers, when they are labels)
     nodes N        the number of nodes (default: the largest node number + 1; more gives isolated nodes)
 Answers are written "node:answer" in node order, e.g. "0:0 1:1 2:2 3:1 4:3", a capped distance as "4+".
 """
@@ -174,6 +177,12 @@ class GraphTask:
                 "max_nodes": self.max_nodes}
 
     @property
+    def labelled(self) -> bool:
+        """Whether nodes carry random labels: component reads them; degree needs them to tell a node from its
+        neighbours (the module docstring); distance has every node alike but the source."""
+        return self.op in ("component", "degree")
+
+    @property
     def source_token(self) -> int:
         return NUM_SPECIALS + self.num_symbols
 
@@ -219,7 +228,7 @@ class GraphTask:
         adjacency = torch.where(pick_tree[:, None, None], tree, er)  # (B, N, N)
         source = (torch.rand(count, generator=g) * sizes).long()  # (B,): uniform over each graph's nodes
         labels = torch.randint(self.num_symbols, (count, N), generator=g)
-        if self.op != "component":
+        if not self.labelled:
             labels = torch.zeros_like(labels)
         return self.batch(adjacency, labels, real, source)
 
@@ -252,7 +261,7 @@ class GraphTask:
         parts = [" ".join(f"{a}-{b}" for a, b in graph.edges)]
         if graph.source is not None:
             parts.append(f"source {graph.source}")
-        if self.op == "component":
+        if self.labelled:
             parts.append("labels " + " ".join(map(str, graph.labels)))
         if not graph.edges or max(max(e) for e in graph.edges) + 1 != graph.num_nodes:
             parts.append(f"nodes {graph.num_nodes}")
@@ -307,7 +316,7 @@ class GraphTask:
             raise ValueError(f"input {text!r}: this model answers graph_op {self.op}, which has no source node; "
                              f"leave out '; source ...'")
         labels = [0] * n
-        if self.op == "component":
+        if self.labelled:
             labels = self._labels(text, options.get("labels"), n)
         elif "labels" in options:
             raise ValueError(f"input {text!r}: graph_op {self.op} does not read node labels; leave out '; labels ...'")
@@ -341,7 +350,7 @@ class GraphTask:
         out = []
         for i in range(graph.num_nodes):
             text = f"{i}*" if i == graph.source else str(i)
-            out.append(f"{text}={graph.labels[i]}" if self.op == "component" else text)
+            out.append(f"{text}={graph.labels[i]}" if self.labelled else text)
         return out
 
 
