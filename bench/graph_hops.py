@@ -1,6 +1,6 @@
 """Blocks against hops: task graph's distance learned by models of 1..6 blocks (and with shared blocks).
 
-    python bench/graph_hops.py [--blocks 1 2 3 4 5 6] [--shared 6] [--max_iters 3000] [--out out/graph_hops]
+    python bench/graph_hops.py [--blocks 1 2 3 4 5 6] [--shared 6] [--max_iters 2000] [--out out/graph_hops]
 
 Trains configs/graph.yaml once per model through train.py (the real command line), with --num_blocks=L
 (and --share_blocks=true for the --shared ones), every other setting as the file has it, each for the same
@@ -58,7 +58,7 @@ def main() -> int:
     p.add_argument("--config", default=str(ROOT / "configs" / "graph.yaml"))
     p.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6])
     p.add_argument("--shared", type=int, nargs="*", default=[6], help="block counts to train with share_blocks too")
-    p.add_argument("--max_iters", type=int, default=3000, help="training steps of every run")
+    p.add_argument("--max_iters", type=int, default=2000, help="training steps of every run (configs/graph.yaml's own)")
     p.add_argument("--out", default="out/graph_hops", help="parent directory of the runs")
     args = p.parse_args()
     out = Path(args.out)

@@ -443,3 +443,47 @@ def test_the_slider_moves_between_checkpoints(show):
     page.fill("#step", "2")
     assert shown()["frame"] == 2 and pixels(page) == last  # and back
     opened.assert_clean()
+
+
+def graph_data(layers=1, heads=2, seed=3):
+    """A graph model's example (as lm.inspect.attention_maps.record_graph writes it): the path 0-1-2-3, its mask
+    the adjacency plus self-loops, each row a softmax over its allowed keys only (0 elsewhere)."""
+    rng = random.Random(seed)
+    mask = [[int(abs(q - k) <= 1) for k in range(4)] for q in range(4)]
+
+    def head():
+        rows = []
+        for q in range(4):
+            e = [math.exp(rng.gauss(0, 2)) * mask[q][k] for k in range(4)]
+            rows.append([v / sum(e) for v in e])
+        return rows
+
+    return {"kind": "graph", "tokens": ["0*", "1", "2", "3"], "mask": mask,
+            "attentions": {"encoder_self": [[head() for _ in range(heads)] for _ in range(layers)]},
+            "config": {"task": "graph", "graph_op": "distance", "attention": "standard", "pos_encoding": "none"},
+            "output": "0:0 1:1 2:2 3:3"}
+
+
+def test_a_graph_page_needs_a_mask_of_its_nodes():
+    data = graph_data()
+    explorer_html(data)
+    with pytest.raises(ValueError, match="mask must be 4 x 4"):
+        explorer_html({**data, "mask": data["mask"][:3]})
+    with pytest.raises(ValueError, match="a graph page shows some of"):
+        explorer_html({**data, "attentions": {"cross": data["attentions"]["encoder_self"]}})
+
+
+@pytest.mark.slow
+def test_a_graph_page_draws_masked_cells_grey(show):
+    data = graph_data()
+    opened = show(data)
+    page = opened.page
+    g = geometry(page)
+    assert g["rows"] == g["cols"] == data["tokens"]
+    for q in range(4):
+        for k in range(4):
+            colour = cell_colour(page, q, k)
+            assert (colour == [190, 190, 190]) == (not data["mask"][q][k]), (q, k, colour)
+    assert "4 nodes (grey: no edge, masked)" in page.locator("#summary").inner_text()
+    assert page.locator("#output").inner_text() == "model output: 0:0 1:1 2:2 3:3"
+    opened.assert_clean()

@@ -381,3 +381,30 @@ def test_alike_nodes_cannot_count_their_neighbours_so_degree_labels_them():
     assert task.labelled and not GraphTask.from_config(graph_cfg()).labelled  # degree and component; not distance
     drawn = task.draw(200, 8, 8, torch.Generator().manual_seed(0))
     assert len(drawn.tokens.unique()) == 8  # the labels are drawn, all 8 of them
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_graph_model_one_does(tmp_path):
+    """torchrun: two processes (each one of the step's two micro-batches, gradients averaged) train the model one
+    process trains with grad_accum 2, in float32 with AdamW, up to rounding."""
+    import subprocess
+    import sys
+
+    from helpers import TIMEOUT, losses
+    from lm.checkpoint import load as load_checkpoint
+
+    args = ["--config", ROOT / "configs" / "graph.yaml", "--num_blocks=2", "--embedding_dim=16", "--max_len=6",
+            "--eval_long_len=8", "--block_size=8", "--held_out_size=20", "--batch_size=8", "--max_iters=4",
+            "--eval_interval=2", "--log_interval=1", "--grad_accum=2", "--dtype=float32", "--device=cpu",
+            "--show_examples=0"]
+    one = cli("train.py", *args, f"--out_dir={tmp_path / 'one'}")
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "train.py"), *map(str, args), f"--out_dir={tmp_path / 'two'}"],
+                         capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert two.returncode == 0, two.stderr
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert [s for s, _ in a] == [s for s, _ in b] and [x for _, x in a] == pytest.approx([x for _, x in b], rel=1e-5)
+    wa, wb = load_checkpoint(tmp_path / "one" / "last.pt")["model"], load_checkpoint(tmp_path / "two" / "last.pt")["model"]
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    assert metrics(tmp_path / "two")[-1]["world_size"] == 2
