@@ -273,8 +273,15 @@ def tiny_graph(out, *extra):
 @pytest.mark.slow
 def test_train_sample_visualize_end_to_end(tmp_path):
     out = tmp_path / "graph"
-    run = cli("train.py", "--config", ROOT / "configs" / "graph.yaml", *tiny_graph(out, "--keep_every=150"))
+    run = cli("train.py", "--config", ROOT / "configs" / "graph.yaml",
+              *tiny_graph(out, "--keep_every=150", "--logger=tensorboard"))
     assert run.returncode == 0, run.stderr
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["attention/encoder_self"]  # the graph's attention, at each evaluation
+    assert {"val_node_acc", "long_exact"} <= set(events.Tags()["scalars"])
     final = metrics(out)[-1]
     assert final["final"] and final["final_val_exact"] >= 0.9 and final["final_long_exact"] >= 0.8, final
     assert {"final_val_node_acc", "final_long_node_acc", "final_long_loss"} <= set(final)

@@ -323,8 +323,8 @@ class NodeClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def flops_per_token(self) -> int:
-        """6 N + 6 L T C + 6 C K per node, as for GPT (N the non-embedding parameters, the head included
-        there; T = block_size), with K the classes: an estimate, the mask being dense."""
+        """6 N + 6 L T C per node, as for GPT, with N the non-embedding parameters (the head's C x classes
+        among them) and T = block_size: an estimate, the attention computed densely under the mask."""
         c = self.cfg
         n = self.num_params() - sum(p.numel() for p in self.encoder.embed.parameters())
         return 6 * n + 6 * c.num_blocks * c.block_size * c.embedding_dim
