@@ -379,10 +379,12 @@ def test_alike_nodes_cannot_count_their_neighbours_so_degree_labels_them():
     model = make_model(cfg).eval()
     task = GraphTask.from_config(cfg)
     star = Graph(5, [(0, 1), (0, 2), (0, 3), (0, 4), (1, 2)], [0] * 5)  # degrees 4, 2, 2, 1, 1
+    alike_batch = task.encode(star)
+    star.labels = [0, 1, 2, 3, 4]
+    labelled_batch = task.encode(star)
     with torch.no_grad():
-        alike, _ = model(*(lambda b: (b.tokens, b.mask()))(task.encode(star)))
-        star.labels = [0, 1, 2, 3, 4]
-        labelled, _ = model(*(lambda b: (b.tokens, b.mask()))(task.encode(star)))
+        alike, _ = model(alike_batch.tokens, alike_batch.mask())
+        labelled, _ = model(labelled_batch.tokens, labelled_batch.mask())
     assert torch.allclose(alike[0], alike[0, :1].expand(5, -1), atol=1e-6)  # one output for every node
     assert not torch.allclose(labelled[0, 0], labelled[0, 3], atol=1e-3)
     assert task.labelled and not GraphTask.from_config(graph_cfg()).labelled  # degree and component; not distance
