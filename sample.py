@@ -200,13 +200,17 @@ def label_nodes(args, model, task, cfg, device) -> int:
     if args.beam != 1:
         raise ValueError(f"--beam {args.beam}: a graph's answers come from one forward pass, there is nothing to "
                          f"search; leave --beam out")
-    n, lo, hi = task.parse(args.input).num_nodes, cfg.data.min_len, cfg.data.max_len
+    print(graph_answer(model, task, args.input, device, on_graph=lambda graph: warn_if_untrained_size(graph, cfg)))
+    return 0
+
+
+def warn_if_untrained_size(graph, cfg) -> None:
+    """Say on stderr when a graph has more or fewer nodes than the graphs the model was trained on."""
+    n, lo, hi = graph.num_nodes, cfg.data.min_len, cfg.data.max_len
     if not lo <= n <= hi:
         print(f"warning: the graph has {n} nodes, {'more' if n > hi else 'fewer'} than the {lo}..{hi} this model was "
               f"trained on; its answers are less reliable (long_exact in the run's metrics.jsonl scores larger "
               f"graphs)", file=sys.stderr)
-    print(graph_answer(model, task, args.input, device))
-    return 0
 
 
 def run(args) -> int:

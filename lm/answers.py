@@ -82,11 +82,14 @@ def _answer_one(model, task, cfg, text, device, beam, alpha, use_cache, note, on
 
 
 @torch.no_grad()
-def graph_answer(model, task, text: str, device) -> str:
+def graph_answer(model, task, text: str, device, on_graph: Callable = _ignore) -> str:
     """Task graph: every node's answer for a graph written as text ("0-1 1-2 2-3 3-0 2-4; source 0"), as
-    sample.py --input prints it ("0:0 1:1 2:2 3:1 4:3", GraphTask.render_answers). The model is put in
-    eval mode and left there; it computes in its weights' dtype. ValueError for a graph it cannot take."""
-    batch = task.encode(task.parse(text)).to(device)
+    sample.py --input prints it ("0:0 1:1 2:2 3:1 4:3", GraphTask.render_answers); the parsed Graph is shown
+    to on_graph first. The model is put in eval mode and left there; it computes in its weights' dtype.
+    ValueError for a graph it cannot take."""
+    graph = task.parse(text)
+    on_graph(graph)
+    batch = task.encode(graph).to(device)
     model.eval()
     logits, _ = model(batch.tokens, batch.mask())  # (1, N, classes)
     return task.render_answers(logits[0].argmax(-1).tolist())

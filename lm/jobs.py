@@ -385,13 +385,19 @@ class Seq2SeqJob:
         prediction == target. (evaluate's exact match compares tokens, decoded in batches in the run's dtype:
         it can disagree on an example, e.g. a sum with an extra leading zero, or two outputs about as likely.)
         The model's mode is left as it was."""
-        was_training = model.training
-        try:
-            predictions = [answer(model, self.task, self.cfg, source, device) for source, _ in pairs]
-        finally:
-            model.train(was_training)
-        return [{"input": source, "prediction": p, "target": target, "right": p == target}
-                for (source, target), p in zip(pairs, predictions)]
+        return _answered(model, pairs, lambda source: answer(model, self.task, self.cfg, source, device))
+
+
+def _answered(model: nn.Module, pairs: list[tuple[str, str]], predict: Callable[[str], str]) -> list[dict]:
+    """{"input", "prediction", "target", "right"} of each (input, target) text, the prediction predict(input)
+    (which may put the model in eval mode: its mode is restored after), right = prediction == target."""
+    was_training = model.training
+    try:
+        predictions = [predict(source) for source, _ in pairs]
+    finally:
+        model.train(was_training)
+    return [{"input": source, "prediction": p, "target": target, "right": p == target}
+            for (source, target), p in zip(pairs, predictions)]
 
 
 # ----------------------------------------------------------------------------- task graph
@@ -444,7 +450,8 @@ class GraphJob:
         right answer a, [nodes whose answer is a that the model got right, nodes whose answer is a]."""
         model.eval()
         loss_sum, right, nodes, exact = 0.0, 0, 0, 0
-        by_answer: dict[int, list[int]] = {}
+        classes = self.task.num_classes
+        answered = torch.zeros(2, classes, dtype=torch.long)  # per answer: nodes right, nodes
         for i in range(0, len(graphs), chunk):
             b = graphs[i : i + chunk].to(device)
             with autocast(device, dtype):
@@ -454,13 +461,13 @@ class GraphJob:
             hit = (logits.argmax(-1) == b.answers) & b.real  # (B, N)
             loss_sum, right, nodes = loss_sum + loss.item() * n, right + int(hit.sum()), nodes + n
             exact += int((hit | ~b.real).all(dim=1).sum())
-            for a, h in zip(b.answers[b.real].tolist(), hit[b.real].tolist()):
-                counts = by_answer.setdefault(a, [0, 0])
-                counts[0] += h
-                counts[1] += 1
+            answers = b.answers[b.real]  # (n,): the real nodes' right answers
+            answered += torch.stack([torch.bincount(answers[hit[b.real]], minlength=classes),
+                                     torch.bincount(answers, minlength=classes)]).cpu()
         model.train()
+        by_answer = {a: [int(r), int(n)] for a, (r, n) in enumerate(answered.T.tolist()) if n}
         return {"loss": loss_sum / nodes, "node_acc": right / nodes, "exact": exact / len(graphs),
-                "by_answer": dict(sorted(by_answer.items()))}
+                "by_answer": by_answer}
 
     def evaluate(self, model, device, dtype, world: World = World()) -> dict:
         """Loss, node accuracy and whole-graph exact match on the held-out graphs, and on the larger ones
@@ -484,13 +491,7 @@ class GraphJob:
             real = self.held_out.real[i]
             pairs.append((task.render(task.graph(self.held_out, i)),
                           task.render_answers(self.held_out.answers[i][real].tolist())))
-        was_training = model.training
-        try:
-            predictions = [graph_answer(model, task, source, device) for source, _ in pairs]
-        finally:
-            model.train(was_training)
-        return [{"input": source, "prediction": p, "target": target, "right": p == target}
-                for (source, target), p in zip(pairs, predictions)]
+        return _answered(model, pairs, lambda source: graph_answer(model, task, source, device))
 
 
 # ----------------------------------------------------------------------------- task spell

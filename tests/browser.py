@@ -99,3 +99,13 @@ def open_page(path: Path, browser: Any = None, width: int = 1280, height: int = 
         yield opened
     finally:
         context.close()
+
+
+def explorer_view(page: Any) -> dict:
+    """What an attention explorer page (lm/inspect/explorer.html) shows now: the frame (checkpoint) index and
+    step, kind, layer, head and row tokens of window.explorer, the frame the heatmap was drawn from (drawn),
+    and the heatmap's pixels as a data URL."""
+    return page.evaluate("({frame: window.explorer.frame, step: window.explorer.step, kind: window.explorer.kind,"
+                         " layer: window.explorer.layer, head: window.explorer.head, rows: window.explorer.rows,"
+                         " drawn: document.getElementById('heatmap').dataset.frame,"
+                         " pixels: document.getElementById('heatmap').toDataURL()})")

@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 
-from browser import launch, open_page
+from browser import explorer_view, launch, open_page
 from lm.inspect.attention_maps import head_stats
 from lm.inspect.explorer import TEMPLATE, explorer_html, write_explorer
 
@@ -411,14 +411,9 @@ def test_the_slider_moves_between_checkpoints(show):
     opened = show(data)
     page = opened.page
 
-    def shown():
-        return page.evaluate("({frame: window.explorer.frame, step: window.explorer.step, kind: window.explorer.kind,"
-                             " layer: window.explorer.layer, head: window.explorer.head, rows: window.explorer.rows,"
-                             " drawn: document.getElementById('heatmap').dataset.frame})")
-
     assert page.locator("#step").is_visible()
     assert page.get_attribute("#step", "type") == "range" and page.get_attribute("#step", "max") == "2"
-    at = shown()  # the last checkpoint, at the view's layer and head
+    at = explorer_view(page)  # the last checkpoint, at the view's layer and head
     assert (at["frame"], at["step"], at["drawn"], at["layer"], at["head"]) == (2, 300, "2", 1, 2)
     assert page.inner_text("#step-label") == frames[2]["label"]
     assert "3 checkpoints" in page.inner_text("#summary")
@@ -426,7 +421,7 @@ def test_the_slider_moves_between_checkpoints(show):
     last = pixels(page)
     last_stats = thumb_stats(page)
     page.fill("#step", "0")
-    at = shown()
+    at = explorer_view(page)
     assert (at["frame"], at["step"], at["drawn"]) == (0, 100, "0")
     assert (at["kind"], at["layer"], at["head"]) == ("cross", 1, 2)  # what is shown stays
     assert at["rows"] == frames[0]["tokens"]["target"] == ["<bos>", "e"]  # the frame's own tokens
@@ -441,7 +436,7 @@ def test_the_slider_moves_between_checkpoints(show):
     w = frames[0]["attentions"]["cross"][1][2][1][3]
     assert page.inner_text("#readout") == f'query 1 "e" → key 3 "d": {w:.4f}'
     page.fill("#step", "2")
-    assert shown()["frame"] == 2 and pixels(page) == last  # and back
+    assert explorer_view(page)["frame"] == 2 and pixels(page) == last  # and back
     opened.assert_clean()
 
 

@@ -696,7 +696,7 @@ def test_visualize_across_checkpoints_refuses_another_model_and_the_wrong_input(
 def test_the_explorer_across_checkpoints_moves_with_its_slider(over_training, tmp_path):
     """The page of two checkpoints opens on the last; the slider (by keyboard) shows the other one's map and its
     own target tokens, and back."""
-    from browser import launch, open_page
+    from browser import explorer_view, launch, open_page
 
     out = tmp_path / "viz"
     done = cli("visualize.py", "--checkpoint", over_training / "ckpt", "--input", "5 7 9 2", "--out", out)
@@ -705,25 +705,20 @@ def test_the_explorer_across_checkpoints_moves_with_its_slider(over_training, tm
     with launch() as browser, open_page(out / "attention.html", browser) as opened:
         page = opened.page
 
-        def state():
-            return page.evaluate("({frame: window.explorer.frame, step: window.explorer.step, "
-                                 "rows: window.explorer.rows, drawn: document.getElementById('heatmap').dataset.frame,"
-                                 " pixels: document.getElementById('heatmap').toDataURL()})")
-
         assert page.locator("#step").is_visible()
         page.select_option("#kind", "cross")
-        last = state()
+        last = explorer_view(page)
         assert (last["frame"], last["step"], last["drawn"]) == (1, 40, "1")
         assert last["rows"] == frames[1]["tokens"]["target"]
         assert page.inner_text("#step-label") == "step 40 · exact 87.5%"
         page.focus("#step")
         page.keyboard.press("ArrowLeft")
-        first = state()
+        first = explorer_view(page)
         assert (first["frame"], first["step"], first["drawn"]) == (0, 20, "0")
         assert first["rows"] == frames[0]["tokens"]["target"]
         assert first["pixels"] != last["pixels"]
         assert page.input_value("#kind") == "cross"  # the kind, layer and head stay
         assert page.inner_text("#step-label") == frames[0]["label"]
         page.keyboard.press("ArrowRight")
-        assert state()["pixels"] == last["pixels"]
+        assert explorer_view(page)["pixels"] == last["pixels"]
         opened.assert_clean()

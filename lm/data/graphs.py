@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import GRAPH_FAMILIES, GRAPH_OPS  # the names: DataConfig.graph_op's and graph_family's Literals
 from .tasks import NUM_SPECIALS, PAD
 
 IGNORE = -100  # the answer of a padding node: no loss, not scored
@@ -152,8 +153,6 @@ class GraphTask:
     name = "graph"
 
     def __init__(self, op: str, num_symbols: int, max_hops: int, family: str, mean_degree: float, max_nodes: int):
-        from ..config import GRAPH_FAMILIES, GRAPH_OPS
-
         if op not in GRAPH_OPS:
             raise ValueError(f"unknown graph op {op!r}; choose one of: {', '.join(GRAPH_OPS)}")
         if family not in GRAPH_FAMILIES:
@@ -221,11 +220,13 @@ class GraphTask:
         N = max_nodes
         sizes = torch.randint(min_nodes, max_nodes + 1, (count,), generator=g)  # (B,)
         real = torch.arange(N)[None] < sizes[:, None]  # (B, N)
-        er = erdos_renyi(sizes, N, self.mean_degree, g)
-        tree = recursive_trees(sizes, N, g)
-        pick_tree = {"er": torch.zeros(count, dtype=torch.bool), "tree": torch.ones(count, dtype=torch.bool),
-                     "mixed": torch.rand(count, generator=g) < 0.5}[self.family]
-        adjacency = torch.where(pick_tree[:, None, None], tree, er)  # (B, N, N)
+        if self.family == "er":
+            adjacency = erdos_renyi(sizes, N, self.mean_degree, g)  # (B, N, N)
+        elif self.family == "tree":
+            adjacency = recursive_trees(sizes, N, g)
+        else:  # mixed: both drawn, each graph one of them by a coin flip
+            er, tree = erdos_renyi(sizes, N, self.mean_degree, g), recursive_trees(sizes, N, g)
+            adjacency = torch.where((torch.rand(count, generator=g) < 0.5)[:, None, None], tree, er)
         source = (torch.rand(count, generator=g) * sizes).long()  # (B,): uniform over each graph's nodes
         labels = torch.randint(self.num_symbols, (count, N), generator=g)
         if not self.labelled:
